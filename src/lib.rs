@@ -1,0 +1,43 @@
+//! depot: an artifact repository for CI, stored as an OSTree archive repository.
+//!
+//! CI machines push directory trees over ssh; anyone pulls over https from a
+//! static file server, with depot or with the real `ostree pull`. The on-disk
+//! format is byte-compatible with OSTree (see `docs/design.md`).
+//!
+//! # Layout
+//!
+//! Dependencies point one way, from the pure modules at the bottom to the
+//! programs at the top:
+//!
+//! - [`gvariant`]: a strict GVariant codec (pure).
+//! - [`checksum`], [`refname`], [`object`]: checksums, ref names and the
+//!   ostree object model (pure).
+//! - [`repo`]: the archive repository on disk: config, objects, refs, locks,
+//!   transactions.
+//! - [`commit`]: turns a directory into objects and a commit.
+//! - [`read`]: walks commits: `ls`, `log`, `cat`, `checkout`, `fsck`.
+//! - [`cli`]: the `depot` command line, over the modules above.
+#![deny(missing_docs)]
+
+pub mod checksum;
+pub mod cli;
+pub mod commit;
+pub mod gvariant;
+pub mod object;
+pub mod read;
+pub mod refname;
+pub mod repo;
+pub mod timefmt;
+
+/// Renders an error with its causes, `outer: inner: innermost`, for places
+/// that keep an error as text (fsck reports, protocol error frames).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}

@@ -1,0 +1,537 @@
+//! Reading commits out of a repository: history, single files, checkouts,
+//! and the full consistency check (`fsck`).
+//!
+//! Everything read is verified on the way (see [`crate::repo`]), so a
+//! checkout or `cat` of a corrupt object fails instead of producing wrong
+//! bytes.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::checksum::Checksum;
+use crate::object::{Commit, DirMeta, FileHeader, ObjectName, ObjectType, Xattrs};
+use crate::repo::{self, Repo};
+
+/// Errors of reading commits.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// From the repository.
+    #[error(transparent)]
+    Repo(#[from] repo::Error),
+    /// Writing the output failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A path not in the commit.
+    #[error("{path} is not in commit {commit}")]
+    NoSuchPath {
+        /// The path asked for.
+        path: String,
+        /// The commit.
+        commit: Checksum,
+    },
+    /// A path that is not a regular file.
+    #[error("{path} in commit {commit} is {what}, not a regular file")]
+    NotAFile {
+        /// The path asked for.
+        path: String,
+        /// The commit.
+        commit: Checksum,
+        /// What it is instead.
+        what: String,
+    },
+    /// Checkout into a directory that is not empty.
+    #[error("{path} already exists and is not empty; check out into a new directory")]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One commit in a history listing.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Its checksum.
+    pub checksum: Checksum,
+    /// The commit.
+    pub commit: Commit,
+}
+
+/// The history from `start` back through parents, newest first. The second
+/// value is true when it stops at a parent the repository does not have.
+pub fn log(repo: &Repo, start: &Checksum) -> Result<(Vec<LogEntry>, bool), Error> {
+    let mut out = Vec::new();
+    let mut next = Some(*start);
+    let mut seen = HashSet::new();
+    while let Some(c) = next {
+        if !seen.insert(c) {
+            break;
+        }
+        let commit = match repo.load_commit(&c) {
+            Ok(commit) => commit,
+            Err(repo::Error::MissingObject { .. }) if !out.is_empty() => return Ok((out, true)),
+            Err(e) => return Err(e.into()),
+        };
+        next = commit.parent;
+        out.push(LogEntry {
+            checksum: c,
+            commit,
+        });
+    }
+    Ok((out, false))
+}
+
+/// What a path inside a commit names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A directory: its dirtree and dirmeta.
+    Dir {
+        /// Its `.dirtree`.
+        tree: Checksum,
+        /// Its `.dirmeta`.
+        meta: Checksum,
+    },
+    /// A regular file or symlink: its content object.
+    File(Checksum),
+}
+
+/// Finds `path` (`/a/b`, or `a/b`) inside a commit by binary search through
+/// the sorted dirtrees, loading only the trees on the way.
+pub fn lookup(repo: &Repo, commit: &Checksum, path: &str) -> Result<Entry, Error> {
+    let c = repo.load_commit(commit)?;
+    let mut current = Entry::Dir {
+        tree: c.root_tree,
+        meta: c.root_meta,
+    };
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    for part in &parts {
+        let Entry::Dir { tree, .. } = current else {
+            return Err(Error::NoSuchPath {
+                path: path.to_string(),
+                commit: *commit,
+            });
+        };
+        let t = repo.load_dirtree(&tree)?;
+        current = if let Some(f) = t.file(part) {
+            Entry::File(*f)
+        } else if let Some(d) = t.dir(part) {
+            Entry::Dir {
+                tree: d.tree,
+                meta: d.meta,
+            }
+        } else {
+            return Err(Error::NoSuchPath {
+                path: path.to_string(),
+                commit: *commit,
+            });
+        };
+    }
+    Ok(current)
+}
+
+/// Writes the content of the regular file at `path` in `commit` to `out`,
+/// verified. Returns the number of bytes written.
+pub fn cat(repo: &Repo, commit: &Checksum, path: &str, out: &mut impl Write) -> Result<u64, Error> {
+    match lookup(repo, commit, path)? {
+        Entry::Dir { .. } => Err(Error::NotAFile {
+            path: path.into(),
+            commit: *commit,
+            what: "a directory".into(),
+        }),
+        Entry::File(c) => {
+            let mut reader = repo.open_content(&c)?;
+            if reader.header().is_symlink() {
+                return Err(Error::NotAFile {
+                    path: path.into(),
+                    commit: *commit,
+                    what: format!("a symlink to {:?}", reader.header().symlink_target),
+                });
+            }
+            io::copy(&mut reader, out).map_err(io_err("write", Path::new("standard output")))
+        }
+    }
+}
+
+/// What a checkout did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckoutStats {
+    /// Regular files written.
+    pub files: u64,
+    /// Symlinks made.
+    pub symlinks: u64,
+    /// Directories made.
+    pub dirs: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Extended attributes that could not be set (no permission, no support).
+    pub xattrs_skipped: u64,
+}
+
+struct FileJob {
+    path: PathBuf,
+    checksum: Checksum,
+}
+
+/// Checks out `commit` into `dest`, which must not exist or be empty. Files
+/// are written in parallel; modes (setuid and sticky bits included),
+/// symlinks and, where the file system and permissions allow, xattrs are
+/// restored. Ownership is not (as `ostree checkout --user-mode`).
+pub fn checkout(repo: &Repo, commit: &Checksum, dest: &Path) -> Result<CheckoutStats, Error> {
+    checkout_subpath(repo, commit, "/", dest)
+}
+
+/// Like [`checkout`], for the directory at `subpath` in the commit.
+pub fn checkout_subpath(
+    repo: &Repo,
+    commit: &Checksum,
+    subpath: &str,
+    dest: &Path,
+) -> Result<CheckoutStats, Error> {
+    let Entry::Dir { tree, meta } = lookup(repo, commit, subpath)? else {
+        return Err(Error::NotAFile {
+            path: subpath.into(),
+            commit: *commit,
+            what: "a file".into(),
+        });
+    };
+    match fs::read_dir(dest) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(Error::DestinationExists {
+                    path: dest.to_path_buf(),
+                });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dest)
+                .map_err(io_err("create directory", dest))?;
+        }
+        Err(e) => return Err(io_err("read", dest)(e)),
+    }
+    // Pass 1: directories (pre-order) and the list of files.
+    let mut dirs: Vec<(PathBuf, DirMeta)> = Vec::new();
+    let mut jobs: Vec<FileJob> = Vec::new();
+    let mut stack = vec![(dest.to_path_buf(), tree, meta)];
+    while let Some((path, tree, meta)) = stack.pop() {
+        let t = repo.load_dirtree(&tree)?;
+        let m = repo.load_dirmeta(&meta)?;
+        if path != dest {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&path)
+                .map_err(io_err("create directory", &path))?;
+        }
+        for (name, c) in t.files() {
+            jobs.push(FileJob {
+                path: path.join(name.as_str()),
+                checksum: *c,
+            });
+        }
+        for d in t.dirs() {
+            stack.push((path.join(d.name.as_str()), d.tree, d.meta));
+        }
+        dirs.push((path, m));
+    }
+    // Pass 2: files, in parallel.
+    let stats = Counters::default();
+    jobs.par_iter()
+        .try_for_each(|job| write_file(repo, job, &stats))?;
+    // Pass 3: directory modes and xattrs, deepest first, so that a read-only
+    // directory is made read-only only after it is filled.
+    for (path, meta) in dirs.iter().rev() {
+        set_xattrs(path, &meta.xattrs, &stats);
+        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777))
+            .map_err(io_err("chmod", path))?;
+    }
+    Ok(CheckoutStats {
+        files: stats.files.into_inner(),
+        symlinks: stats.symlinks.into_inner(),
+        dirs: dirs.len() as u64,
+        bytes: stats.bytes.into_inner(),
+        xattrs_skipped: stats.xattrs_skipped.into_inner(),
+    })
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    symlinks: AtomicU64,
+    bytes: AtomicU64,
+    xattrs_skipped: AtomicU64,
+}
+
+fn write_file(repo: &Repo, job: &FileJob, stats: &Counters) -> Result<(), Error> {
+    let mut reader = repo.open_content(&job.checksum)?;
+    let header: FileHeader = reader.header().clone();
+    if header.is_symlink() {
+        reader
+            .verify_to_end()
+            .map_err(io_err("verify", &job.path))?;
+        std::os::unix::fs::symlink(&header.symlink_target, &job.path)
+            .map_err(io_err("create symlink", &job.path))?;
+        set_xattrs(&job.path, &header.xattrs, stats);
+        stats.symlinks.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&job.path)
+        .map_err(io_err("create", &job.path))?;
+    let n = io::copy(&mut reader, &mut file).map_err(io_err("write", &job.path))?;
+    set_xattrs(&job.path, &header.xattrs, stats);
+    file.set_permissions(fs::Permissions::from_mode(header.mode & 0o7777))
+        .map_err(io_err("chmod", &job.path))?;
+    stats.files.fetch_add(1, Ordering::Relaxed);
+    stats.bytes.fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
+fn set_xattrs(path: &Path, xattrs: &Xattrs, stats: &Counters) {
+    for (name, value) in xattrs.iter() {
+        let name = std::ffi::OsStr::new(std::str::from_utf8(name).unwrap_or_default());
+        if let Err(e) = xattr::set(path, name, value) {
+            tracing::debug!("not setting xattr {name:?} on {}: {e}", path.display());
+            stats.xattrs_skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One problem `fsck` found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The object, ref or file concerned.
+    pub subject: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.subject, self.reason)
+    }
+}
+
+/// What `fsck` checked.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FsckReport {
+    /// Objects verified.
+    pub objects: u64,
+    /// Commits whose closure was walked.
+    pub commits: u64,
+    /// Refs checked.
+    pub refs: u64,
+    /// Everything wrong, one entry per problem.
+    pub problems: Vec<Problem>,
+}
+
+/// Verifies every object (checksum, normal form, structure, sorting, content
+/// size) and the closure of every complete commit and every ref.
+pub fn fsck(repo: &Repo) -> Result<FsckReport, Error> {
+    let objects_dir = repo.path().join("objects");
+    let mut names = Vec::new();
+    let mut problems = Vec::new();
+    for entry in walkdir::WalkDir::new(&objects_dir)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| Error::Io {
+            op: "list",
+            path: e.path().unwrap_or(&objects_dir).to_path_buf(),
+            source: e.into(),
+        })?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(repo.path())
+            .unwrap_or(entry.path());
+        let name = entry
+            .path()
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|d| d.to_str())
+            .zip(entry.file_name().to_str())
+            .and_then(|(d, f)| format!("{d}{f}").parse::<ObjectName>().ok());
+        match name {
+            Some(n) if Path::new(&n.relative_path()) == rel => names.push(n),
+            _ => problems.push(Problem {
+                subject: rel.display().to_string(),
+                reason: "not an object name; remove the file".into(),
+            }),
+        }
+    }
+    let verified: Vec<Option<Problem>> = names
+        .par_iter()
+        .map(|name| {
+            let result = if name.kind.is_metadata() {
+                repo.read_metadata(name).and_then(|data| {
+                    crate::object::validate_metadata(name.kind, &data).map_err(|e| {
+                        repo::Error::CorruptObject {
+                            name: *name,
+                            reason: crate::error_chain(&e),
+                        }
+                    })
+                })
+            } else {
+                repo.open_content(&name.checksum).and_then(|mut r| {
+                    r.verify_to_end().map_err(|e| repo::Error::CorruptObject {
+                        name: *name,
+                        reason: strip_name(&e.to_string(), name),
+                    })
+                })
+            };
+            result.err().map(|e| Problem {
+                subject: name.relative_path(),
+                reason: strip_name(&crate::error_chain(&e), name),
+            })
+        })
+        .collect();
+    problems.extend(verified.into_iter().flatten());
+    let bad: HashSet<String> = problems.iter().map(|p| p.subject.clone()).collect();
+
+    // Closure of every commit that is not marked partial, and of every ref.
+    let mut report = FsckReport {
+        objects: names.len() as u64,
+        ..FsckReport::default()
+    };
+    let mut walked_trees = HashSet::new();
+    let mut commits: Vec<Checksum> = names
+        .iter()
+        .filter(|n| n.kind == ObjectType::Commit)
+        .map(|n| n.checksum)
+        .filter(|c| {
+            !repo
+                .path()
+                .join(format!("state/{c}.commitpartial"))
+                .exists()
+        })
+        .collect();
+    for (name, target) in repo.list_refs()? {
+        report.refs += 1;
+        if !names.contains(&ObjectName::new(target, ObjectType::Commit)) {
+            problems.push(Problem {
+                subject: format!("ref {name}"),
+                reason: format!("points at commit {target}, which is missing"),
+            });
+        } else if repo
+            .path()
+            .join(format!("state/{target}.commitpartial"))
+            .exists()
+        {
+            problems.push(Problem {
+                subject: format!("ref {name}"),
+                reason: format!("points at commit {target}, which is only partly present"),
+            });
+        }
+        commits.push(target);
+    }
+    commits.sort();
+    commits.dedup();
+    for c in commits {
+        let name = ObjectName::new(c, ObjectType::Commit);
+        if bad.contains(&name.relative_path()) {
+            continue;
+        }
+        let Ok(commit) = repo.load_commit(&c) else {
+            continue;
+        };
+        report.commits += 1;
+        let mut missing = Vec::new();
+        walk_closure(repo, &commit, &mut walked_trees, &mut missing);
+        for (obj, path) in missing {
+            if !bad.contains(&obj.relative_path()) {
+                problems.push(Problem {
+                    subject: format!("commit {c}"),
+                    reason: format!("{} ({path}) is missing", obj.relative_path()),
+                });
+            }
+        }
+    }
+    problems.sort_by(|a, b| a.subject.cmp(&b.subject).then(a.reason.cmp(&b.reason)));
+    problems.dedup();
+    report.problems = problems;
+    Ok(report)
+}
+
+fn strip_name(msg: &str, name: &ObjectName) -> String {
+    let prefix = format!("object {name} is corrupt: ");
+    msg.strip_prefix(&prefix).unwrap_or(msg).to_string()
+}
+
+/// Collects the objects a commit needs that are absent, with the path that
+/// needs them. Trees already walked (shared between commits) are skipped.
+fn walk_closure(
+    repo: &Repo,
+    commit: &Commit,
+    walked: &mut HashSet<Checksum>,
+    missing: &mut Vec<(ObjectName, String)>,
+) {
+    let mut stack = vec![("/".to_string(), commit.root_tree, commit.root_meta)];
+    while let Some((path, tree, meta)) = stack.pop() {
+        let meta_name = ObjectName::new(meta, ObjectType::DirMeta);
+        if !repo.has_object(&meta_name) {
+            missing.push((meta_name, path.clone()));
+        }
+        if !walked.insert(tree) {
+            continue;
+        }
+        let tree_name = ObjectName::new(tree, ObjectType::DirTree);
+        let t = match repo.load_dirtree(&tree) {
+            Ok(t) => t,
+            Err(repo::Error::MissingObject { .. }) => {
+                missing.push((tree_name, path));
+                continue;
+            }
+            // Reported by the object pass.
+            Err(_) => continue,
+        };
+        for (name, c) in t.files() {
+            let obj = ObjectName::new(*c, ObjectType::File);
+            if !repo.has_object(&obj) {
+                missing.push((obj, format!("{path}{name}")));
+            }
+        }
+        for d in t.dirs() {
+            stack.push((format!("{path}{}/", d.name), d.tree, d.meta));
+        }
+    }
+}
+
+/// Opens a file for writing output (a `-o` option): `-` is standard output.
+pub fn output(path: &Path) -> Result<Box<dyn Write>, Error> {
+    if path == Path::new("-") {
+        Ok(Box::new(io::stdout().lock()))
+    } else {
+        Ok(Box::new(
+            File::create(path).map_err(io_err("create", path))?,
+        ))
+    }
+}

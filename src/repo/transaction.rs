@@ -1,0 +1,364 @@
+//! Write transactions: stage objects, then publish them and move refs.
+//!
+//! Objects are written, unsynced, into a per-transaction staging directory
+//! under `tmp/` (same file system as `objects/`). [`Transaction::commit`]
+//! then makes them durable with one `syncfs`, renames them into `objects/` in
+//! dependency order (content, dirmeta, dirtree, commitmeta, commit), syncs
+//! again, and only then compares-and-swaps the refs. A crash at any point
+//! leaves complete objects or none, and refs that point only at complete
+//! commits. A staging directory whose owner died is removed by the next
+//! transaction: each holds a lock on its own `.lock` for its lifetime.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flate2::Compression;
+use flate2::write::DeflateEncoder;
+use sha2::{Digest, Sha256};
+
+use crate::checksum::Checksum;
+use crate::object::{
+    FileHeader, ObjectName, ObjectType, content_checksum_prefix, filez_header_bytes,
+};
+use crate::refname::RefName;
+
+use super::lock::{self, LockGuard, LockMode, Wait};
+use super::{Error, Repo, io_err, tempfile_in, write_file_atomic};
+
+const STAGING_PREFIX: &str = "depot-staging-";
+const NEW_STAGING_PREFIX: &str = "depot-new-";
+/// A half-created staging directory older than this is abandoned.
+const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// What a ref must hold for an update to apply (compare-and-swap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Whatever it holds.
+    Any,
+    /// The ref must not exist.
+    Absent,
+    /// The ref must point at this commit.
+    Is(Checksum),
+}
+
+/// One ref change, applied only if the ref still holds what is expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefUpdate {
+    /// The ref.
+    pub name: RefName,
+    /// Its expected current value.
+    pub expected: Expected,
+    /// The new value; `None` deletes the ref.
+    pub new: Option<Checksum>,
+}
+
+/// A write transaction. Dropping it without [`commit`](Transaction::commit)
+/// discards everything staged.
+#[must_use = "nothing is published until commit() is called"]
+#[derive(Debug)]
+pub struct Transaction<'r> {
+    repo: &'r Repo,
+    staging: PathBuf,
+    _staging_lock: LockGuard,
+    _repo_lock: LockGuard,
+}
+
+impl<'r> Transaction<'r> {
+    pub(super) fn begin(repo: &'r Repo) -> Result<Self, Error> {
+        let repo_lock = repo.lock(LockMode::Shared)?;
+        let tmp = repo.path.join("tmp");
+        clean_abandoned_staging(&tmp);
+        let unique = format!(
+            "{}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let new_dir = tmp.join(format!("{NEW_STAGING_PREFIX}{unique}"));
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&new_dir)
+            .map_err(io_err("create staging directory", &new_dir))?;
+        // Lock before the directory gets the name cleaners look for, so a
+        // cleaner never sees a live staging directory unlocked.
+        let staging_lock = lock::lock(
+            &new_dir.join(".lock"),
+            LockMode::Exclusive,
+            Wait::Immediately,
+        )?;
+        let staging = tmp.join(format!("{STAGING_PREFIX}{unique}"));
+        fs::rename(&new_dir, &staging).map_err(io_err("rename staging directory", &staging))?;
+        Ok(Transaction {
+            repo,
+            staging,
+            _staging_lock: staging_lock,
+            _repo_lock: repo_lock,
+        })
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &Repo {
+        self.repo
+    }
+
+    fn staged_path(&self, name: &ObjectName) -> PathBuf {
+        self.staging.join(name.to_string())
+    }
+
+    /// Whether the object is in the repository or already staged here.
+    pub fn has_object(&self, name: &ObjectName) -> bool {
+        self.repo.has_object(name) || fs::symlink_metadata(self.staged_path(name)).is_ok()
+    }
+
+    /// Stages a metadata object unless it is present; returns its checksum.
+    pub fn write_metadata(&self, kind: ObjectType, bytes: &[u8]) -> Result<Checksum, Error> {
+        let checksum = Checksum::of(bytes);
+        let name = ObjectName::new(checksum, kind);
+        if self.has_object(&name) {
+            return Ok(checksum);
+        }
+        let (mut file, tmp) = tempfile_in(&self.staging)?;
+        let result = file
+            .write_all(bytes)
+            .and_then(|()| file.set_permissions(fs::Permissions::from_mode(0o644)))
+            .map_err(io_err("write", &tmp))
+            .and_then(|()| {
+                fs::rename(&tmp, self.staged_path(&name)).map_err(io_err("stage", &tmp))
+            });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| checksum)
+    }
+
+    /// Stages a content object from its payload, compressing it at the
+    /// repository's level. The payload is hashed again while it is
+    /// compressed; if it does not match `expected` and `size` (the source
+    /// changed since it was hashed), nothing is staged and
+    /// [`Error::ChangedWhileReading`] names `source`.
+    pub fn write_content(
+        &self,
+        expected: &Checksum,
+        header: &FileHeader,
+        size: u64,
+        mut payload: impl Read,
+        source: &Path,
+    ) -> Result<(), Error> {
+        let name = ObjectName::new(*expected, ObjectType::File);
+        let (file, tmp) = tempfile_in(&self.staging)?;
+        let result = (|| {
+            let mut out = BufWriter::with_capacity(64 * 1024, file);
+            out.write_all(&filez_header_bytes(header, size))
+                .map_err(io_err("write", &tmp))?;
+            if header.is_symlink() {
+                // As ostree: a symlink's .filez is its header alone.
+                let file = out
+                    .into_inner()
+                    .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+                return self.finish_staged(file, &tmp, &name);
+            }
+            let mut encoder = DeflateEncoder::new(out, Compression::new(self.repo.zlib_level));
+            let mut hasher = Sha256::new();
+            hasher.update(content_checksum_prefix(header));
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = match payload.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err("read", source)(e)),
+                };
+                total += n as u64;
+                hasher.update(&buf[..n]);
+                encoder
+                    .write_all(&buf[..n])
+                    .map_err(io_err("write", &tmp))?;
+            }
+            if total != size || Checksum::from_hasher(hasher) != *expected {
+                return Err(Error::ChangedWhileReading {
+                    path: source.to_path_buf(),
+                });
+            }
+            let out = encoder.finish().map_err(io_err("write", &tmp))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+            self.finish_staged(file, &tmp, &name)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn finish_staged(&self, file: File, tmp: &Path, name: &ObjectName) -> Result<(), Error> {
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("chmod", tmp))?;
+        fs::rename(tmp, self.staged_path(name)).map_err(io_err("stage", tmp))
+    }
+
+    /// Publishes every staged object, then applies `updates` atomically with
+    /// respect to other depot writers: all of them or, if any expectation
+    /// fails, none ([`Error::RefMoved`]). The objects stay published either way.
+    pub fn commit(self, updates: &[RefUpdate]) -> Result<(), Error> {
+        let mut staged: Vec<ObjectName> = Vec::new();
+        for entry in fs::read_dir(&self.staging).map_err(io_err("list", &self.staging))? {
+            let entry = entry.map_err(io_err("list", &self.staging))?;
+            if let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<ObjectName>().ok())
+            {
+                staged.push(name);
+            }
+        }
+        staged.sort_by_key(|n| publish_rank(n.kind));
+        sync_fs(&self.staging)?;
+        let objects = self.repo.path.join("objects");
+        let mut made_dirs = std::collections::HashSet::new();
+        for name in &staged {
+            let target = self.repo.object_path(name);
+            let hex = name.checksum.to_hex();
+            if made_dirs.insert(hex[..2].to_string()) {
+                let dir = objects.join(&hex[..2]);
+                match fs::DirBuilder::new().mode(0o775).create(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_err("create directory", &dir)(e)),
+                }
+            }
+            fs::rename(self.staged_path(name), &target)
+                .map_err(io_err("publish object", &target))?;
+        }
+        if !staged.is_empty() {
+            sync_fs(&objects)?;
+        }
+        if !updates.is_empty() {
+            self.apply_ref_updates(updates)?;
+        }
+        Ok(())
+    }
+
+    fn apply_ref_updates(&self, updates: &[RefUpdate]) -> Result<(), Error> {
+        let repo = self.repo;
+        // depot's own lock serialises compare-and-swap among depot writers; the
+        // shared ostree lock, held already, keeps deleters out.
+        let _refs_lock = lock::lock(
+            &repo.path.join(".depot-refs.lock"),
+            LockMode::Exclusive,
+            Wait::For(repo.lock_timeout),
+        )?;
+        for u in updates {
+            let current = repo.read_ref(&u.name)?;
+            let ok = match u.expected {
+                Expected::Any => true,
+                Expected::Absent => current.is_none(),
+                Expected::Is(c) => current == Some(c),
+            };
+            if !ok {
+                return Err(Error::RefMoved {
+                    name: u.name.clone(),
+                    expected: match u.expected {
+                        Expected::Any => "anything".into(),
+                        Expected::Absent => "no ref".into(),
+                        Expected::Is(c) => c.to_string(),
+                    },
+                    found: current.map_or_else(|| "no ref".into(), |c| c.to_string()),
+                });
+            }
+            if let Some(new) = u.new {
+                let name = ObjectName::new(new, ObjectType::Commit);
+                if !repo.has_object(&name) {
+                    return Err(Error::MissingObject { name });
+                }
+            }
+        }
+        let tmp = repo.path.join("tmp");
+        for u in updates {
+            let path = repo.ref_path(&u.name);
+            match u.new {
+                Some(c) => {
+                    if let Some(parent) = path.parent() {
+                        fs::DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o775)
+                            .create(parent)
+                            .map_err(io_err("create ref directory", parent))?;
+                    }
+                    write_file_atomic(&tmp, &path, format!("{c}\n").as_bytes(), 0o644)?;
+                }
+                None => match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("delete ref", &path)(e)),
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.staging) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("could not remove {}: {e}", self.staging.display());
+            }
+        }
+    }
+}
+
+/// Objects are published so that whatever points at an object lands after it.
+fn publish_rank(kind: ObjectType) -> u8 {
+    match kind {
+        ObjectType::File => 0,
+        ObjectType::DirMeta => 1,
+        ObjectType::DirTree => 2,
+        ObjectType::CommitMeta => 3,
+        ObjectType::Commit | ObjectType::TombstoneCommit => 4,
+    }
+}
+
+fn sync_fs(dir: &Path) -> Result<(), Error> {
+    let f = File::open(dir).map_err(io_err("open", dir))?;
+    nix::unistd::syncfs(&f).map_err(|e| io_err("syncfs", dir)(e.into()))
+}
+
+/// Removes staging directories whose owners are gone: their `.lock` can be
+/// taken. Half-created ones are removed once they are an hour old.
+fn clean_abandoned_staging(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        let abandoned = if name.starts_with(STAGING_PREFIX) {
+            lock::lock(&path.join(".lock"), LockMode::Exclusive, Wait::Immediately).is_ok()
+        } else if name.starts_with(NEW_STAGING_PREFIX) {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > ABANDONED_AFTER)
+        } else {
+            false
+        };
+        if abandoned {
+            tracing::info!(
+                "removing {} left by an interrupted transaction",
+                path.display()
+            );
+            if let Err(e) = fs::remove_dir_all(&path) {
+                tracing::warn!("could not remove {}: {e}", path.display());
+            }
+        }
+    }
+}

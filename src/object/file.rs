@@ -45,7 +45,7 @@ impl Xattrs {
                 .ok_or_else(|| structure(kind, "xattr is not (ayay)"))?;
             match pair {
                 [Value::Bytes(name), Value::Bytes(value)] => {
-                    out.push((name.to_vec(), value.to_vec()))
+                    out.push((name.to_vec(), value.to_vec()));
                 }
                 _ => return Err(structure(kind, "xattr is not (ayay)")),
             }

@@ -418,17 +418,29 @@ impl Repo {
         Ok(out)
     }
 
-    /// Resolves a ref name or a full commit checksum.
+    /// Resolves a ref name or a full commit checksum, each `^` after it
+    /// stepping to the parent (as ostree's `REF^`).
     pub fn resolve(&self, rev: &str) -> Result<Checksum, Error> {
-        if let Ok(c) = rev.parse::<Checksum>() {
-            return Ok(c);
+        let base = rev.trim_end_matches('^');
+        let mut c = if let Ok(c) = base.parse::<Checksum>() {
+            c
+        } else {
+            let name: RefName = base.parse().map_err(|e| Error::RefNotFound {
+                name: format!("{base:?} ({e})"),
+            })?;
+            self.read_ref(&name)?.ok_or_else(|| Error::RefNotFound {
+                name: base.to_string(),
+            })?
+        };
+        for _ in 0..rev.len() - base.len() {
+            c = self
+                .load_commit(&c)?
+                .parent
+                .ok_or_else(|| Error::RefNotFound {
+                    name: format!("{rev} (commit {c} has no parent)"),
+                })?;
         }
-        let name: RefName = rev.parse().map_err(|e| Error::RefNotFound {
-            name: format!("{rev:?} ({e})"),
-        })?;
-        self.read_ref(&name)?.ok_or_else(|| Error::RefNotFound {
-            name: rev.to_string(),
-        })
+        Ok(c)
     }
 }
 

@@ -159,7 +159,7 @@ impl<'r> Transaction<'r> {
                 let file = out
                     .into_inner()
                     .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
-                return self.finish_staged(file, &tmp, &name);
+                return self.finish_staged(&file, &tmp, &name);
             }
             let mut encoder = DeflateEncoder::new(out, Compression::new(self.repo.zlib_level));
             let mut hasher = Sha256::new();
@@ -188,7 +188,7 @@ impl<'r> Transaction<'r> {
             let file = out
                 .into_inner()
                 .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
-            self.finish_staged(file, &tmp, &name)
+            self.finish_staged(&file, &tmp, &name)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -196,7 +196,7 @@ impl<'r> Transaction<'r> {
         result
     }
 
-    fn finish_staged(&self, file: File, tmp: &Path, name: &ObjectName) -> Result<(), Error> {
+    fn finish_staged(&self, file: &File, tmp: &Path, name: &ObjectName) -> Result<(), Error> {
         file.set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(io_err("chmod", tmp))?;
         fs::rename(tmp, self.staged_path(name)).map_err(io_err("stage", tmp))
@@ -341,13 +341,20 @@ fn clean_abandoned_staging(tmp: &Path) {
         let path = entry.path();
         let abandoned = if name.starts_with(STAGING_PREFIX) {
             lock::lock(&path.join(".lock"), LockMode::Exclusive, Wait::Immediately).is_ok()
-        } else if name.starts_with(NEW_STAGING_PREFIX) {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > ABANDONED_AFTER)
+        } else if let Some(rest) = name.strip_prefix(NEW_STAGING_PREFIX) {
+            // Not locked yet: its owner's pid is in the name. A pid can be
+            // reused, so a live one only protects it for a while.
+            let owner_alive = rest
+                .split('-')
+                .next()
+                .is_some_and(|pid| Path::new("/proc").join(pid).exists());
+            !owner_alive
+                || entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > ABANDONED_AFTER)
         } else {
             false
         };

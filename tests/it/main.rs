@@ -1,1 +1,16 @@
-mod placeholder {}
+//! Integration tests: the real `depot` binary against the real `ostree` CLI.
+#![allow(missing_docs)]
+
+/// The command line: errors, usage.
+mod cli;
+/// depot commit vs ostree commit: checksums, bytes, fsck, checkout, log, pull.
+mod compat;
+/// Lock interoperability with ostree, both ways.
+mod locking;
+/// Corruptions both tools must reject.
+mod negative;
+/// Random trees committed by both tools.
+mod property;
+/// Repositories that ostree wrote, read by depot.
+mod reverse;
+mod util;

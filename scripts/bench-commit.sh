@@ -3,7 +3,7 @@
 #
 # What it measures
 #   Both tools commit the same test tree (copied from /usr/lib/x86_64-linux-gnu
-#   and /usr/share/doc) into an archive-mode repository:
+#   and /usr/share) into an archive-mode repository:
 #     cold  a fresh repository: every object is compressed and written.
 #     warm  the same tree again into the same repository under another ref:
 #           every object already exists, only the commit object is new.
@@ -36,7 +36,7 @@ RUNS=${BENCH_RUNS:-5}
 MAX_BYTES=${BENCH_MAX_BYTES:-400000000}
 MAX_FILES=${BENCH_MAX_FILES:-14000}
 MAX_FILE_SIZE=$((4 * 1024 * 1024)) # copy only files under 4 MiB
-SOURCES=(/usr/lib/x86_64-linux-gnu /usr/share/doc)
+SOURCES=(/usr/lib/x86_64-linux-gnu /usr/share)
 TIMESTAMP=@1577836800
 TIME=/usr/bin/time
 
@@ -108,7 +108,7 @@ build_depot() {
 # bytes would be exceeded. A source's layout is kept: /usr/share/doc/x/y
 # becomes TREE/usr/share/doc/x/y.
 make_tree() {
-    local marker=$WORK/tree.done want="max_bytes=$MAX_BYTES max_files=$MAX_FILES max_file_size=$MAX_FILE_SIZE"
+    local marker=$WORK/tree.done want="sources=${SOURCES[*]} max_bytes=$MAX_BYTES max_files=$MAX_FILES max_file_size=$MAX_FILE_SIZE"
     if [[ -d $TREE && -f $marker && $(<"$marker") == "$want" ]]; then
         log "reusing the test tree in $TREE"
         return

@@ -208,9 +208,7 @@ fn ostree_pulls_depot_repo_over_http_into_bare_user() {
         .args(["--ref", "main", "-s", "pull me"])
         .arg(&tree));
     let server = HttpServer::serve(&d, tmp.path());
-    let client = tmp.path().join("client");
-    ok(ostree_in(&client).args(["init", "--mode=bare-user"]));
-    ok(ostree_in(&client).args(["remote", "add", "--no-gpg-verify", "origin", &server.url]));
+    let client = ostree_client(&tmp.path().join("client"), "bare-user", &server.url);
     ok(ostree_in(&client).args(["pull", "origin", "main"]));
     ok(ostree_in(&client).arg("fsck"));
     // Every request succeeded, or was a 404 that ostree tolerates: no summary
@@ -232,11 +230,46 @@ fn ostree_pulls_depot_repo_over_http_into_bare_user() {
         .arg(&co));
     assert_same_tree(&tree, &co, OSTREE_USER_MODE);
     // A mirror pull into an archive repository as well.
-    let mirror = tmp.path().join("mirror");
-    ok(ostree_in(&mirror).args(["init", "--mode=archive"]));
-    ok(ostree_in(&mirror).args(["remote", "add", "--no-gpg-verify", "origin", &server.url]));
+    let mirror = ostree_client(&tmp.path().join("mirror"), "archive", &server.url);
     ok(ostree_in(&mirror).args(["pull", "--mirror", "origin", "main"]));
     ok(ostree_in(&mirror).arg("fsck"));
+}
+
+#[test]
+fn compression_level_comes_from_the_repository_config() {
+    let tmp = tempdir();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).expect("mkdir");
+    let text = "a line of a compressible file, with some words in it\n".repeat(20_000);
+    fs::write(tree.join("text"), &text).expect("write");
+    let mut sizes = Vec::new();
+    for level in ["1", "9"] {
+        let d = tmp.path().join(format!("d{level}"));
+        ok(depot().arg("init").arg(&d));
+        let config = fs::read_to_string(d.join("config")).expect("config");
+        fs::write(
+            d.join("config"),
+            format!("{config}[archive]\nzlib-level={level}\n"),
+        )
+        .expect("config");
+        ok(depot_in("commit", &d).args(["--ref", "main"]).arg(&tree));
+        ok(ostree_in(&d).arg("fsck"));
+        let filez: Vec<String> = object_files(&d)
+            .into_iter()
+            .filter(|f| f.ends_with("filez"))
+            .collect();
+        sizes.push(
+            fs::metadata(d.join("objects").join(&filez[0]))
+                .expect("stat")
+                .len(),
+        );
+    }
+    assert!(
+        sizes[0] > sizes[1],
+        "level 1 ({}) should compress less than level 9 ({})",
+        sizes[0],
+        sizes[1]
+    );
 }
 
 #[test]

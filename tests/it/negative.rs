@@ -93,9 +93,7 @@ fn flipped_padding_byte_is_not_normal_form() {
     set_ref(&f.repo, "main", &c);
     // ostree's pull checks normal form (its fsck does not).
     let server = HttpServer::serve(&f.repo, &f.dir);
-    let client = f.dir.join("client");
-    ok(ostree_in(&client).args(["init", "--mode=archive"]));
-    ok(ostree_in(&client).args(["remote", "add", "--no-gpg-verify", "origin", &server.url]));
+    let client = ostree_client(&f.dir.join("client"), "archive", &server.url);
     let err = fails(ostree_in(&client).args(["pull", "origin", "main"]));
     assert!(err.contains("Not normal form"), "{err}");
     // depot's reader refuses it too.
@@ -223,9 +221,7 @@ fn wrong_filez_size_is_reported() {
     fs::write(&p, &bytes).expect("write");
     // Only a pull into a bare-user repository catches this in ostree.
     let server = HttpServer::serve(&f.repo, &f.dir);
-    let client = f.dir.join("client");
-    ok(ostree_in(&client).args(["init", "--mode=bare-user"]));
-    ok(ostree_in(&client).args(["remote", "add", "--no-gpg-verify", "origin", &server.url]));
+    let client = ostree_client(&f.dir.join("client"), "bare-user", &server.url);
     fails(ostree_in(&client).args(["pull", "origin", "main"]));
     let err = fails(depot_in("cat", &f.repo).args(["main", "/a"]));
     assert!(err.contains("header says 4"), "{err}");

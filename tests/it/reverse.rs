@@ -78,6 +78,61 @@ fn depot_reads_what_ostree_wrote() {
 }
 
 #[test]
+fn depot_decodes_the_summary_ostree_writes() {
+    let tmp = tempdir();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).expect("mkdir");
+    fs::write(tree.join("f"), "f").expect("write");
+    let o = tmp.path().join("o");
+    ok(ostree_in(&o).args(["init", "--mode=archive"]));
+    for r in ["b", "a/x", "c"] {
+        ok(ostree_in(&o)
+            .args(["commit", "-b", r, "--add-metadata-string=version=3"])
+            .arg(&tree));
+    }
+    ok(ostree_in(&o).args(["summary", "-u", "-m", "extra='value'"]));
+    let bytes = fs::read(o.join("summary")).expect("summary");
+    let ty = depot::gvariant::Type::parse("(a(s(taya{sv}))a{sv})").expect("type");
+    let v =
+        depot::gvariant::from_normal_bytes(&ty, &bytes).expect("ostree's summary is normal form");
+    // Re-encoding gives back ostree's exact bytes.
+    assert_eq!(depot::gvariant::to_bytes(&v), bytes);
+    let parts = v.as_tuple().expect("tuple");
+    let refs = parts[0].as_array().expect("refs");
+    let names: Vec<&str> = refs
+        .iter()
+        .map(|r| r.as_tuple().expect("entry")[0].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["a/x", "b", "c"]);
+    for r in refs {
+        let entry = r.as_tuple().expect("entry");
+        let data = entry[1].as_tuple().expect("(taya{sv})");
+        let depot::gvariant::Value::Uint64(size) = data[0] else {
+            panic!("size is t")
+        };
+        let commit = read_ref(&o, entry[0].as_str().expect("name"));
+        assert_eq!(data[1].as_bytes().map(hex::encode), Some(commit.clone()));
+        // The commit size is little-endian, exact (ostree-format.md, finding 1).
+        let on_disk =
+            fs::metadata(o.join(format!("objects/{}/{}.commit", &commit[..2], &commit[2..])))
+                .expect("stat")
+                .len();
+        assert_eq!(size, on_disk);
+    }
+    let extra = depot::gvariant::dict_from_value(parts[1].clone()).expect("a{sv}");
+    assert!(
+        extra
+            .iter()
+            .any(|(k, v)| k == "extra" && v.as_str() == Some("value"))
+    );
+    assert!(
+        extra
+            .iter()
+            .any(|(k, v)| k == "ostree.summary.mode" && v.as_str() == Some("archive-z2"))
+    );
+}
+
+#[test]
 fn depot_refuses_repositories_it_cannot_serve() {
     let tmp = tempdir();
     let bare = tmp.path().join("bare");

@@ -349,3 +349,11 @@ pub fn set_core_config(repo: &Path, line: &str) {
     text = text.replacen("[core]\n", &format!("[core]\n{line}\n"), 1);
     fs::write(&path, text).expect("write config");
 }
+
+/// A new ostree repository of `mode` at `path` with remote `origin` at `url`
+/// (no GPG, as depot does not sign yet).
+pub fn ostree_client(path: &Path, mode: &str, url: &str) -> PathBuf {
+    ok(ostree_in(path).args(["init", &format!("--mode={mode}")]));
+    ok(ostree_in(path).args(["remote", "add", "--no-gpg-verify", "origin", url]));
+    path.to_path_buf()
+}

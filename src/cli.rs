@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::checksum::Checksum;
 use crate::commit::{self, Parent};
+use crate::push;
 use crate::read;
 use crate::refname::RefName;
 use crate::repo::Repo;
@@ -36,6 +37,8 @@ pub enum Command {
     },
     /// Commit a directory and move a ref to the new commit.
     Commit(CommitArgs),
+    /// Push a directory (as a new commit) or a local repository's commits to a server.
+    Push(PushArgs),
     /// List the refs: ref, commit, time, subject.
     Ls {
         /// The repository.
@@ -104,14 +107,9 @@ impl RepoArg {
     }
 }
 
-/// `depot commit`.
+/// How a new commit is described: shared by `commit` and `push`.
 #[derive(Debug, Args)]
-pub struct CommitArgs {
-    #[command(flatten)]
-    repo: RepoArg,
-    /// The ref to move to the new commit.
-    #[arg(long = "ref", short = 'b')]
-    ref_name: RefName,
+pub struct CommitFlags {
     /// Subject line.
     #[arg(short, long, default_value = "")]
     subject: String,
@@ -121,9 +119,6 @@ pub struct CommitArgs {
     /// Commit time: seconds (@1577836800) or 2020-01-01T00:00:00Z. Default: SOURCE_DATE_EPOCH or now.
     #[arg(long, value_parser = timefmt::parse)]
     timestamp: Option<u64>,
-    /// The parent: auto (the ref's current commit), none, or a checksum.
-    #[arg(long, default_value = "auto", value_parser = parse_parent)]
-    parent: Parent,
     /// Add KEY=VALUE string metadata (repeatable, kept in order).
     #[arg(long = "add-metadata-string", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     metadata: Vec<(String, String)>,
@@ -142,11 +137,74 @@ pub struct CommitArgs {
     /// Do not record a ref binding (as `ostree commit --no-bindings`).
     #[arg(long = "no-bind", alias = "no-bindings")]
     no_bind: bool,
+}
+
+impl CommitFlags {
+    fn options(self, ref_name: RefName, parent: Parent) -> commit::Options {
+        commit::Options {
+            ref_name: Some(ref_name),
+            subject: self.subject,
+            body: self.body,
+            timestamp: self.timestamp,
+            parent,
+            metadata: self.metadata,
+            owner_uid: self.owner_uid,
+            owner_gid: self.owner_gid,
+            no_xattrs: self.no_xattrs,
+            bind: !self.no_bind,
+        }
+    }
+}
+
+/// `depot commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The repository.
+    #[command(flatten)]
+    repo: RepoArg,
+    /// The ref to move to the new commit.
+    #[arg(long = "ref", short = 'b')]
+    ref_name: RefName,
+    /// The parent: auto (the ref's current commit), none, or a checksum.
+    #[arg(long, default_value = "auto", value_parser = parse_parent)]
+    parent: Parent,
+    /// How to describe the commit.
+    #[command(flatten)]
+    flags: CommitFlags,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
     /// The directory to commit.
     dir: PathBuf,
+}
+
+/// `depot push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Where: ssh://[user@]host[:port][/path], or a local repository path.
+    #[arg(long, value_parser = |s: &str| s.parse::<push::Destination>())]
+    to: push::Destination,
+    /// The ref to move to a new commit of DIR (its parent: the ref's commit on the server).
+    #[arg(long = "ref", short = 'b', conflicts_with = "from_repo")]
+    ref_name: Option<RefName>,
+    /// Push existing commits of this local archive repository: the REFs given.
+    #[arg(long)]
+    from_repo: Option<PathBuf>,
+    /// How to describe the new commit (with DIR).
+    #[command(flatten)]
+    flags: CommitFlags,
+    /// A command to use instead of `ssh` (run by sh -c; arguments appended).
+    #[arg(long, env = "DEPOT_SSH")]
+    ssh_command: Option<String>,
+    /// Print the result as JSON on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Do not show progress, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+    /// DIR to commit and push, or with --from-repo the REFs to push.
+    #[arg(required = true, value_name = "DIR|REF")]
+    args: Vec<String>,
 }
 
 fn parse_parent(s: &str) -> Result<Parent, String> {
@@ -193,18 +251,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Commit(args) => {
             let repo = args.repo.open()?;
-            let opts = commit::Options {
-                ref_name: Some(args.ref_name),
-                subject: args.subject,
-                body: args.body,
-                timestamp: args.timestamp,
-                parent: args.parent,
-                metadata: args.metadata,
-                owner_uid: args.owner_uid,
-                owner_gid: args.owner_gid,
-                no_xattrs: args.no_xattrs,
-                bind: !args.no_bind,
-            };
+            let opts = args.flags.options(args.ref_name, args.parent);
             let outcome = commit::commit_dir(&repo, &args.dir, &opts)
                 .with_context(|| format!("committing {}", args.dir.display()))?;
             if args.json {
@@ -214,6 +261,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 writeln!(stdout, "{}", outcome.commit)?;
             }
         }
+        Command::Push(args) => return run_push(args, &mut stdout),
         Command::Ls { repo, json } => {
             let repo = repo.open()?;
             let mut rows = Vec::new();
@@ -345,6 +393,358 @@ pub fn main_from_args() -> i32 {
             }
             eprintln!("error: {e:#}");
             1
+        }
+    }
+}
+
+fn run_push(args: PushArgs, stdout: &mut impl Write) -> Result<i32> {
+    let source = match args.from_repo {
+        Some(repo) => {
+            let refs = args
+                .args
+                .iter()
+                .map(|r| {
+                    r.parse::<RefName>()
+                        .map_err(|e| anyhow::anyhow!("ref {r:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            push::Source::Repo { repo, refs }
+        }
+        None => {
+            let [dir] = args.args.as_slice() else {
+                anyhow::bail!("push one directory (or use --from-repo REPO REF...)");
+            };
+            let ref_name = args
+                .ref_name
+                .context("pushing a directory needs --ref REF")?;
+            push::Source::Dir {
+                dir: PathBuf::from(dir),
+                options: args.flags.options(ref_name, Parent::Auto),
+            }
+        }
+    };
+    let opts = push::Options {
+        dest: args.to,
+        ssh_command: args.ssh_command,
+        source,
+        progress: !args.no_progress,
+    };
+    match push::push(&opts) {
+        Ok(outcome) => {
+            if args.json {
+                let mut v = serde_json::to_value(&outcome)?;
+                v["ok"] = serde_json::Value::Bool(true);
+                serde_json::to_writer_pretty(&mut *stdout, &v)?;
+                writeln!(stdout)?;
+            } else {
+                for r in &outcome.refs {
+                    let old = r.old.map_or_else(|| "(new)".to_string(), |c| c.to_string());
+                    eprintln!("{}: {old} -> {}", r.name, r.new);
+                }
+                eprintln!(
+                    "sent {} objects, {:.1} MiB, in {:.1} s",
+                    outcome.objects_sent,
+                    outcome.bytes_sent as f64 / 1_048_576.0,
+                    outcome.duration_ms as f64 / 1000.0
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if args.json {
+                let v = serde_json::json!({"ok": false, "code": e.code(), "message": crate::error_chain(&e)});
+                serde_json::to_writer_pretty(&mut *stdout, &v)?;
+                writeln!(stdout)?;
+            }
+            eprintln!("error: {}", crate::error_chain(&e));
+            Ok(e.exit_code())
+        }
+    }
+}
+
+/// depot-receive: the server side of `depot push`, run by sshd as a forced
+/// command. Its policy comes from these arguments only; standard output
+/// carries the protocol. Exit codes: 0 pushed; 1 refused or failed (the
+/// client was told why); 2 bad arguments.
+#[derive(Debug, Parser)]
+#[command(name = "depot-receive", version, max_term_width = 100)]
+pub struct ReceiveCli {
+    /// The repository to receive into.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// A ref pattern this key may write (repeatable): `*` within one path
+    /// component, `**` across components (proj/** allows proj/a/b). None: nothing.
+    #[arg(long = "allow-ref", value_name = "PATTERN")]
+    pub allow_refs: Vec<crate::receive::RefPattern>,
+    /// Who this key is, for the audit log.
+    #[arg(long, default_value = "unnamed")]
+    pub key_id: String,
+    /// Largest object accepted, stored or uncompressed (e.g. 2G, 512M).
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub max_object_size: u64,
+    /// Most bytes of objects accepted in one push.
+    #[arg(long, default_value = "64G", value_parser = parse_size)]
+    pub max_push_size: u64,
+    /// Refuse pushes when less than this is free on the repository's disk.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub min_free_space: u64,
+    /// Let a ref move to a commit that does not descend from its current commit.
+    #[arg(long)]
+    pub allow_non_fast_forward: bool,
+    /// Private state (audit log, refs-changed stamp); never inside the
+    /// repository. Default: $XDG_STATE_HOME/depot or ~/.local/state/depot.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Parses `123`, `4K`, `512M`, `2G`, `1T` (powers of 1024; `KiB`, `MB`... also read).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("depot"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/state/depot"))
+}
+
+impl ReceiveCli {
+    /// Turns the arguments into a policy, refusing a state directory inside the repository.
+    pub fn policy(self) -> Result<crate::receive::Policy> {
+        let state_dir = self
+            .state_dir
+            .or_else(default_state_dir)
+            .context("no --state-dir given and neither XDG_STATE_HOME nor HOME is set")?;
+        let repo_abs = std::path::absolute(&self.repo)?;
+        let state_abs = std::path::absolute(&state_dir)?;
+        let canon = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        if canon(&state_abs).starts_with(canon(&repo_abs)) {
+            anyhow::bail!(
+                "--state-dir {} is inside the repository {}, which a web server publishes; put it elsewhere",
+                state_dir.display(),
+                self.repo.display()
+            );
+        }
+        Ok(crate::receive::Policy {
+            repo: self.repo,
+            allow_refs: self.allow_refs,
+            key_id: self.key_id,
+            max_object_size: self.max_object_size,
+            max_push_size: self.max_push_size,
+            min_free_space: self.min_free_space,
+            allow_non_fast_forward: self.allow_non_fast_forward,
+            state_dir,
+        })
+    }
+}
+
+/// Splits a command line the way a POSIX shell would for plain words and
+/// single quotes; anything a shell would interpret otherwise is refused.
+fn split_command(cmd: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = cmd.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => w.push(ch),
+                        None => return Err("unclosed quote".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(ch) => word.get_or_insert_with(String::new).push(ch),
+                None => return Err("trailing backslash".into()),
+            },
+            c if c.is_ascii_alphanumeric() || "-_./:=@+,%~".contains(c) => {
+                word.get_or_insert_with(String::new).push(c);
+            }
+            c => return Err(format!("{c:?} is not allowed")),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// Checks what the client asked sshd to run (`SSH_ORIGINAL_COMMAND`): it may
+/// only be `depot-receive [--repo PATH]`, and PATH must name the repository
+/// this key is pinned to. It never changes the policy.
+pub fn check_original_command(cmd: &str, repo: &std::path::Path) -> Result<(), String> {
+    let words = split_command(cmd)
+        .map_err(|e| format!("cannot read the requested command {cmd:?}: {e}"))?;
+    let mut it = words.iter();
+    match it.next() {
+        Some(w) if w == "depot-receive" || w.ends_with("/depot-receive") => {}
+        _ => {
+            return Err(format!(
+                "this key may only push with depot (it runs depot-receive), not {cmd:?}"
+            ));
+        }
+    }
+    let rest: Vec<&String> = it.collect();
+    match rest.as_slice() {
+        [] => Ok(()),
+        [flag, path] if flag.as_str() == "--repo" => {
+            let asked = std::path::Path::new(path.as_str());
+            let same = asked == repo
+                || asked
+                    .file_name()
+                    .is_some_and(|n| Some(n) == repo.file_name())
+                || asked
+                    .canonicalize()
+                    .ok()
+                    .zip(repo.canonicalize().ok())
+                    .is_some_and(|(a, b)| a == b);
+            if same {
+                Ok(())
+            } else {
+                Err(format!(
+                    "this key pushes only to {}, not {path}",
+                    repo.display()
+                ))
+            }
+        }
+        _ => Err(format!(
+            "depot-receive accepts no client arguments but --repo PATH; got {cmd:?}"
+        )),
+    }
+}
+
+/// The whole of `depot-receive`'s `main`.
+pub fn receive_main() -> i32 {
+    init_tracing();
+    let args = ReceiveCli::parse();
+    let policy = match args.policy() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("depot-receive: {e:#}");
+            send_early_error(
+                crate::protocol::ErrorCode::Internal,
+                "the server is misconfigured; its admin can see why in its logs",
+            );
+            return 2;
+        }
+    };
+    if let Ok(cmd) = std::env::var("SSH_ORIGINAL_COMMAND")
+        && let Err(m) = check_original_command(&cmd, &policy.repo)
+    {
+        tracing::warn!(key = %policy.key_id, "refused command: {m}");
+        send_early_error(crate::protocol::ErrorCode::Forbidden, &m);
+        return 1;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("depot-receive: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(crate::receive::serve(
+        &policy,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+    )) {
+        Ok(report) => {
+            tracing::info!(key = %policy.key_id, objects = report.objects, bytes = report.bytes, "push applied");
+            0
+        }
+        Err(_) => 1,
+    }
+}
+
+/// Writes one error frame to standard output, for refusals before a session starts.
+fn send_early_error(code: crate::protocol::ErrorCode, message: &str) {
+    let mut buf = Vec::new();
+    crate::protocol::frame::encode_message(
+        &crate::protocol::Message::Error {
+            code,
+            message: message.to_string(),
+        }
+        .to_json(),
+        &mut buf,
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&buf).and_then(|()| out.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (s, n) in [
+            ("0", 0),
+            ("512", 512),
+            ("4K", 4096),
+            ("2G", 2 << 30),
+            ("1MiB", 1 << 20),
+            ("3 GB", 3 << 30),
+        ] {
+            assert_eq!(parse_size(s), Ok(n), "{s}");
+        }
+        for bad in ["", "G", "1X", "-1", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn original_commands() {
+        let repo = std::path::Path::new("/srv/artifacts");
+        for ok in [
+            "depot-receive",
+            "depot-receive --repo /srv/artifacts",
+            "depot-receive --repo 'artifacts'",
+            "/usr/bin/depot-receive",
+        ] {
+            assert_eq!(check_original_command(ok, repo), Ok(()), "{ok}");
+        }
+        for bad in [
+            "sh -c id",
+            "depot-receive --repo /srv/other",
+            "depot-receive --allow-ref '**'",
+            "depot-receive --repo /srv/artifacts --allow-non-fast-forward",
+            "depot-receive; id",
+            "depot-receive $(id)",
+            "depot-receive --repo '/srv/artifacts",
+            "",
+        ] {
+            assert!(check_original_command(bad, repo).is_err(), "{bad}");
         }
     }
 }

@@ -356,28 +356,31 @@ fn hash_stream(
     Ok(Checksum::from_hasher(hasher))
 }
 
-/// Hashes one file and stores it if the repository lacks it. Returns the
-/// checksum and whether it was newly stored.
-fn store_file(
-    tx: &Transaction<'_>,
-    claimed: &Mutex<HashSet<Checksum>>,
+/// What hashing a file left behind.
+pub(crate) struct Hashed {
+    pub(crate) checksum: Checksum,
+    pub(crate) header: FileHeader,
+    /// The whole payload is in the caller's buffer (small files).
+    pub(crate) in_buffer: bool,
+}
+
+/// Hashes one file's content object. A small file is read whole into `buf`
+/// (and stays there for the caller); a large one is streamed.
+pub(crate) fn hash_entry(
     entry: &FileEntry,
     no_xattrs: bool,
     buf: &mut Vec<u8>,
-) -> Result<(Checksum, bool), Error> {
+) -> Result<Hashed, Error> {
     let header = entry.header(no_xattrs)?;
     let prefix = content_checksum_prefix(&header);
-    let claim = |c: Checksum| -> bool {
-        !tx.has_object(&ObjectName::new(c, ObjectType::File))
-            && claimed.lock().is_ok_and(|mut set| set.insert(c))
-    };
     if entry.symlink_target.is_some() {
-        let c = Checksum::from_hasher(Sha256::new_with_prefix(&prefix));
-        let new = claim(c);
-        if new {
-            tx.write_content(&c, &header, 0, io::empty(), &entry.path)?;
-        }
-        return Ok((c, new));
+        let checksum = Checksum::from_hasher(Sha256::new_with_prefix(&prefix));
+        buf.clear();
+        return Ok(Hashed {
+            checksum,
+            header,
+            in_buffer: true,
+        });
     }
     let mut file = File::open(&entry.path).map_err(io_err("open", &entry.path))?;
     if entry.size <= WHOLE_FILE_LIMIT {
@@ -394,26 +397,51 @@ fn store_file(
         }
         let mut hasher = Sha256::new_with_prefix(&prefix);
         hasher.update(&buf[..]);
-        let c = Checksum::from_hasher(hasher);
-        let new = claim(c);
-        if new {
-            tx.write_content(&c, &header, entry.size, &buf[..], &entry.path)?;
-        }
-        return Ok((c, new));
+        return Ok(Hashed {
+            checksum: Checksum::from_hasher(hasher),
+            header,
+            in_buffer: true,
+        });
     }
     buf.resize(CHUNK, 0);
-    let c = hash_stream(&prefix, &mut file, entry.size, &entry.path, buf)?;
-    let new = claim(c);
+    let checksum = hash_stream(&prefix, &mut file, entry.size, &entry.path, buf)?;
+    Ok(Hashed {
+        checksum,
+        header,
+        in_buffer: false,
+    })
+}
+
+/// Hashes one file and stores it if the repository lacks it. Returns the
+/// checksum and whether it was newly stored.
+fn store_file(
+    tx: &Transaction,
+    claimed: &Mutex<HashSet<Checksum>>,
+    entry: &FileEntry,
+    no_xattrs: bool,
+    buf: &mut Vec<u8>,
+) -> Result<(Checksum, bool), Error> {
+    let Hashed {
+        checksum,
+        header,
+        in_buffer,
+    } = hash_entry(entry, no_xattrs, buf)?;
+    let new = !tx.has_object(&ObjectName::new(checksum, ObjectType::File))
+        && claimed.lock().is_ok_and(|mut set| set.insert(checksum));
     if new {
-        let file = File::open(&entry.path).map_err(io_err("open", &entry.path))?;
-        tx.write_content(&c, &header, entry.size, file, &entry.path)?;
+        if in_buffer {
+            tx.write_content(&checksum, &header, entry.size, &buf[..], &entry.path)?;
+        } else {
+            let file = File::open(&entry.path).map_err(io_err("open", &entry.path))?;
+            tx.write_content(&checksum, &header, entry.size, file, &entry.path)?;
+        }
     }
-    Ok((c, new))
+    Ok((checksum, new))
 }
 
 /// Seconds since the epoch for a new commit: `SOURCE_DATE_EPOCH` if set (as
 /// ostree honours it), else the clock.
-fn default_timestamp() -> Result<u64, Error> {
+pub(crate) fn default_timestamp() -> Result<u64, Error> {
     if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
         return s.trim().parse().map_err(|_| {
             Error::Invalid(format!(
@@ -445,12 +473,12 @@ pub(crate) fn commit_metadata(opts: &Options) -> VarDict<'static> {
     metadata
 }
 
-/// Writes the dirmeta and dirtree objects bottom-up; returns the root's
-/// (dirtree, dirmeta).
-fn write_trees(
-    tx: &Transaction<'_>,
+/// Builds the dirmeta and dirtree objects bottom-up, handing each to `put`
+/// (which stores or keeps it); returns the root's (dirtree, dirmeta).
+pub(crate) fn build_trees(
     scan: &Scan,
     file_sums: &[Checksum],
+    put: &mut dyn FnMut(ObjectType, Vec<u8>) -> Result<Checksum, Error>,
 ) -> Result<(Checksum, Checksum), Error> {
     let mut done: Vec<Option<(Checksum, Checksum)>> = vec![None; scan.dirs.len()];
     // Pre-order means every child has a larger index than its parent.
@@ -473,8 +501,8 @@ fn write_trees(
             })
             .collect();
         let tree = DirTree::new(files, dirs).map_err(|e| Error::Invalid(e.to_string()))?;
-        let tree_sum = tx.write_metadata(ObjectType::DirTree, &tree.to_bytes())?;
-        let meta_sum = tx.write_metadata(ObjectType::DirMeta, &node.meta.to_bytes())?;
+        let tree_sum = put(ObjectType::DirTree, tree.to_bytes())?;
+        let meta_sum = put(ObjectType::DirMeta, node.meta.to_bytes())?;
         done[i] = Some((tree_sum, meta_sum));
     }
     Ok(done
@@ -514,7 +542,9 @@ pub fn commit_dir(repo: &Repo, dir: &Path, opts: &Options) -> Result<Outcome, Er
         })
         .collect::<Result<_, _>>()?;
     let file_sums: Vec<Checksum> = results.iter().map(|(c, _)| *c).collect();
-    let (root_tree, root_meta) = write_trees(&tx, &scan, &file_sums)?;
+    let (root_tree, root_meta) = build_trees(&scan, &file_sums, &mut |kind, bytes| {
+        Ok(tx.write_metadata(kind, &bytes)?)
+    })?;
     let commit = Commit {
         metadata: commit_metadata(opts),
         parent,

@@ -100,6 +100,14 @@ impl serde::Serialize for RefName {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for RefName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("ref {s:?}: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,6 +180,44 @@ pub fn filez_header_bytes(header: &FileHeader, size: u64) -> Vec<u8> {
     length_prefixed(&gvariant::to_bytes(&z))
 }
 
+/// Writes a whole `.filez` to `out`: the header for `size` bytes of
+/// payload, then the payload read from `payload`, deflated at `level` (a
+/// symlink gets its header alone, as ostree writes it). Returns the content
+/// checksum of what was actually read and its length; the caller compares
+/// them with what it expects, which catches a source that changed.
+pub fn write_filez(
+    header: &FileHeader,
+    size: u64,
+    mut payload: impl std::io::Read,
+    level: u32,
+    mut out: impl std::io::Write,
+) -> std::io::Result<(crate::checksum::Checksum, u64)> {
+    use sha2::{Digest, Sha256};
+    out.write_all(&filez_header_bytes(header, size))?;
+    let mut hasher = Sha256::new();
+    hasher.update(content_checksum_prefix(header));
+    if header.is_symlink() {
+        out.flush()?;
+        return Ok((crate::checksum::Checksum::from_hasher(hasher), 0));
+    }
+    let mut encoder = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match payload.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        total += n as u64;
+        hasher.update(&buf[..n]);
+        std::io::Write::write_all(&mut encoder, &buf[..n])?;
+    }
+    encoder.finish()?.flush()?;
+    Ok((crate::checksum::Checksum::from_hasher(hasher), total))
+}
+
 /// The longest `.filez` header depot accepts. ostree caps it at 10 MiB
 /// (`_ostree_zlib_file_header_parse` reads it whole); so does depot.
 pub const MAX_FILEZ_HEADER: u32 = 10 * 1024 * 1024;

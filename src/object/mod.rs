@@ -19,7 +19,7 @@ pub use dirmeta::DirMeta;
 pub use dirtree::{DirTree, FileName, SubdirEntry};
 pub use file::{
     FileHeader, MAX_FILEZ_HEADER, Xattrs, content_checksum_prefix, filez_header_bytes,
-    parse_filez_header,
+    parse_filez_header, write_filez,
 };
 
 use crate::checksum::{self, Checksum};
@@ -142,6 +142,20 @@ impl FromStr for ObjectName {
 impl fmt::Display for ObjectName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.checksum, self.kind.extension())
+    }
+}
+
+impl serde::Serialize for ObjectName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("object {s:?}: {e}")))
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod config;
 mod content;
+mod incoming;
 pub mod lock;
 mod transaction;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use config::{INITIAL_CONFIG, KeyFile};
 pub use content::ContentReader;
+pub use incoming::{IncomingObject, MAX_PUSHED_METADATA, Rejected};
 pub use lock::{LockGuard, LockMode, Wait};
 pub use transaction::{Expected, RefUpdate, Transaction};
 
@@ -123,6 +125,21 @@ pub enum Error {
         expected: String,
         /// What the ref holds.
         found: String,
+    },
+    /// A pushed object failed verification.
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    /// A commit whose closure is not complete.
+    #[error(
+        "commit {commit} is incomplete: {missing} (and {more} more) are neither in the repository nor in this push"
+    )]
+    Incomplete {
+        /// The commit.
+        commit: Checksum,
+        /// The first missing object, with the path that needs it.
+        missing: String,
+        /// How many more are missing.
+        more: usize,
     },
     /// Content changed between hashing and storing it.
     #[error("{path} changed while it was being committed; commit again when it is stable")]
@@ -271,7 +288,7 @@ impl Repo {
     }
 
     /// Starts a write transaction (takes the shared lock).
-    pub fn begin(&self) -> Result<Transaction<'_>, Error> {
+    pub fn begin(&self) -> Result<Transaction, Error> {
         Transaction::begin(self)
     }
 }

@@ -15,16 +15,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flate2::Compression;
-use flate2::write::DeflateEncoder;
-use sha2::{Digest, Sha256};
-
 use crate::checksum::Checksum;
-use crate::object::{
-    FileHeader, ObjectName, ObjectType, content_checksum_prefix, filez_header_bytes,
-};
+use crate::object::{Commit, DirTree, FileHeader, ObjectName, ObjectType, write_filez};
 use crate::refname::RefName;
 
+use super::incoming::IncomingObject;
 use super::lock::{self, LockGuard, LockMode, Wait};
 use super::{Error, Repo, io_err, tempfile_in, write_file_atomic};
 
@@ -59,15 +54,15 @@ pub struct RefUpdate {
 /// discards everything staged.
 #[must_use = "nothing is published until commit() is called"]
 #[derive(Debug)]
-pub struct Transaction<'r> {
-    repo: &'r Repo,
-    staging: PathBuf,
+pub struct Transaction {
+    repo: Repo,
+    pub(super) staging: PathBuf,
     _staging_lock: LockGuard,
     _repo_lock: LockGuard,
 }
 
-impl<'r> Transaction<'r> {
-    pub(super) fn begin(repo: &'r Repo) -> Result<Self, Error> {
+impl Transaction {
+    pub(super) fn begin(repo: &Repo) -> Result<Self, Error> {
         let repo_lock = repo.lock(LockMode::Shared)?;
         let tmp = repo.path.join("tmp");
         clean_abandoned_staging(&tmp);
@@ -93,7 +88,7 @@ impl<'r> Transaction<'r> {
         let staging = tmp.join(format!("{STAGING_PREFIX}{unique}"));
         fs::rename(&new_dir, &staging).map_err(io_err("rename staging directory", &staging))?;
         Ok(Transaction {
-            repo,
+            repo: repo.clone(),
             staging,
             _staging_lock: staging_lock,
             _repo_lock: repo_lock,
@@ -102,7 +97,7 @@ impl<'r> Transaction<'r> {
 
     /// The repository.
     pub fn repo(&self) -> &Repo {
-        self.repo
+        &self.repo
     }
 
     fn staged_path(&self, name: &ObjectName) -> PathBuf {
@@ -145,55 +140,163 @@ impl<'r> Transaction<'r> {
         expected: &Checksum,
         header: &FileHeader,
         size: u64,
-        mut payload: impl Read,
+        payload: impl Read,
         source: &Path,
     ) -> Result<(), Error> {
         let name = ObjectName::new(*expected, ObjectType::File);
         let (file, tmp) = tempfile_in(&self.staging)?;
         let result = (|| {
-            let mut out = BufWriter::with_capacity(64 * 1024, file);
-            out.write_all(&filez_header_bytes(header, size))
-                .map_err(io_err("write", &tmp))?;
-            if header.is_symlink() {
-                // As ostree: a symlink's .filez is its header alone.
-                let file = out
-                    .into_inner()
-                    .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
-                return self.finish_staged(&file, &tmp, &name);
-            }
-            let mut encoder = DeflateEncoder::new(out, Compression::new(self.repo.zlib_level));
-            let mut hasher = Sha256::new();
-            hasher.update(content_checksum_prefix(header));
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut total = 0u64;
-            loop {
-                let n = match payload.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err("read", source)(e)),
-                };
-                total += n as u64;
-                hasher.update(&buf[..n]);
-                encoder
-                    .write_all(&buf[..n])
-                    .map_err(io_err("write", &tmp))?;
-            }
-            if total != size || Checksum::from_hasher(hasher) != *expected {
+            let out = BufWriter::with_capacity(64 * 1024, &file);
+            let (actual, total) = write_filez(header, size, payload, self.repo.zlib_level, out)
+                .map_err(io_err("read and store", source))?;
+            if total != size || actual != *expected {
                 return Err(Error::ChangedWhileReading {
                     path: source.to_path_buf(),
                 });
             }
-            let out = encoder.finish().map_err(io_err("write", &tmp))?;
-            let file = out
-                .into_inner()
-                .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
             self.finish_staged(&file, &tmp, &name)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// Starts receiving a pushed object whose stored form is `size` bytes.
+    pub fn begin_object(
+        &self,
+        name: ObjectName,
+        size: u64,
+        max_size: u64,
+    ) -> Result<IncomingObject<'_>, Error> {
+        IncomingObject::begin(self, name, size, max_size)
+    }
+
+    pub(super) fn stage_verified_metadata(
+        &self,
+        name: &ObjectName,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        if name.kind == ObjectType::CommitMeta {
+            // Named by its commit, not by its own hash.
+            let (mut file, tmp) = tempfile_in(&self.staging)?;
+            file.write_all(bytes).map_err(io_err("write", &tmp))?;
+            return self.finish_staged(&file, &tmp, name);
+        }
+        self.write_metadata(name.kind, bytes).map(drop)
+    }
+
+    pub(super) fn stage_verified_file(
+        &self,
+        file: &File,
+        tmp: &Path,
+        name: &ObjectName,
+    ) -> Result<(), Error> {
+        self.finish_staged(file, tmp, name)
+    }
+
+    /// Reads a metadata object from this transaction's staging or from the
+    /// repository, verified.
+    pub fn read_metadata(&self, name: &ObjectName) -> Result<Vec<u8>, Error> {
+        match fs::read(self.staged_path(name)) {
+            Ok(data) => {
+                let actual = Checksum::of(&data);
+                if name.kind != ObjectType::CommitMeta && actual != name.checksum {
+                    return Err(Error::CorruptObject {
+                        name: *name,
+                        reason: format!("its content hashes to {actual}"),
+                    });
+                }
+                Ok(data)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.repo.read_metadata(name),
+            Err(e) => Err(io_err("read", &self.staged_path(name))(e)),
+        }
+    }
+
+    fn staged(&self, name: &ObjectName) -> bool {
+        fs::symlink_metadata(self.staged_path(name)).is_ok()
+    }
+
+    /// Loads a commit from staging or the repository.
+    pub fn load_commit(&self, checksum: &Checksum) -> Result<Commit, Error> {
+        let name = ObjectName::new(*checksum, ObjectType::Commit);
+        let data = self.read_metadata(&name)?;
+        Commit::parse(&data).map_err(|e| Error::CorruptObject {
+            name,
+            reason: crate::error_chain(&e),
+        })
+    }
+
+    /// Checks that everything `commit` references is in the repository or
+    /// staged here. A dirtree already published in the repository vouches
+    /// for its whole subtree: depot and ostree publish children before
+    /// parents, and `fsck` checks that this holds.
+    pub fn check_closure(&self, commit: &Checksum) -> Result<(), Error> {
+        let c = self.load_commit(commit)?;
+        let mut missing: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![("/".to_string(), c.root_tree, c.root_meta)];
+        while let Some((path, tree, meta)) = stack.pop() {
+            let meta_name = ObjectName::new(meta, ObjectType::DirMeta);
+            if !self.has_object(&meta_name) {
+                missing.push(format!("{meta_name} ({path})"));
+            }
+            if !seen.insert(tree) {
+                continue;
+            }
+            let tree_name = ObjectName::new(tree, ObjectType::DirTree);
+            if !self.staged(&tree_name) {
+                if !self.repo.has_object(&tree_name) {
+                    missing.push(format!("{tree_name} ({path})"));
+                }
+                continue;
+            }
+            let data = self.read_metadata(&tree_name)?;
+            let t = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
+                name: tree_name,
+                reason: crate::error_chain(&e),
+            })?;
+            for (file, sum) in t.files() {
+                let obj = ObjectName::new(*sum, ObjectType::File);
+                if !self.has_object(&obj) {
+                    missing.push(format!("{obj} ({path}{file})"));
+                }
+            }
+            for d in t.dirs() {
+                stack.push((format!("{path}{}/", d.name), d.tree, d.meta));
+            }
+        }
+        match missing.split_first() {
+            None => Ok(()),
+            Some((first, rest)) => Err(Error::Incomplete {
+                commit: *commit,
+                missing: first.clone(),
+                more: rest.len(),
+            }),
+        }
+    }
+
+    /// Whether `ancestor` is `descendant` or reachable from it through
+    /// parents that are present.
+    pub fn is_ancestor(&self, ancestor: &Checksum, descendant: &Checksum) -> Result<bool, Error> {
+        let mut next = Some(*descendant);
+        let mut steps = 0usize;
+        while let Some(c) = next {
+            if c == *ancestor {
+                return Ok(true);
+            }
+            steps += 1;
+            if steps > 1_000_000 {
+                return Ok(false);
+            }
+            next = match self.load_commit(&c) {
+                Ok(commit) => commit.parent,
+                Err(Error::MissingObject { .. }) => None,
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(false)
     }
 
     fn finish_staged(&self, file: &File, tmp: &Path, name: &ObjectName) -> Result<(), Error> {
@@ -245,7 +348,7 @@ impl<'r> Transaction<'r> {
     }
 
     fn apply_ref_updates(&self, updates: &[RefUpdate]) -> Result<(), Error> {
-        let repo = self.repo;
+        let repo = &self.repo;
         // depot's own lock serialises compare-and-swap among depot writers; the
         // shared ostree lock, held already, keeps deleters out.
         let _refs_lock = lock::lock(
@@ -303,7 +406,7 @@ impl<'r> Transaction<'r> {
     }
 }
 
-impl Drop for Transaction<'_> {
+impl Drop for Transaction {
     fn drop(&mut self) {
         if let Err(e) = fs::remove_dir_all(&self.staging) {
             if e.kind() != io::ErrorKind::NotFound {

@@ -1,0 +1,650 @@
+//! `depot-receive`: the server side of a push, one session per process.
+//!
+//! sshd starts it as a forced command; its policy comes from the arguments
+//! the admin wrote, never from the client. The session, in order:
+//!
+//! 1. `hello` → `welcome`: agree on a protocol version, announce limits.
+//! 2. `query_refs` → `refs` (any number): current values and writability.
+//! 3. `update` → `accepted`: every ref is authorized and its expected old
+//!    value checked *before any object is accepted*.
+//! 4. `want` → `missing` (any number): the server says what it lacks.
+//! 5. Objects, each verified as it streams (see [`crate::repo::IncomingObject`])
+//!    on a blocking thread while the session keeps reading.
+//! 6. `done` → `result`: closure and fast-forward checks, publication in
+//!    dependency order, compare-and-swap of the refs, an audit record.
+//!
+//! Any failure sends an `error` frame (code and message) before the process
+//! exits non-zero; the transaction is dropped, so nothing is published.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::checksum::Checksum;
+use crate::object::ObjectName;
+use crate::protocol::message::{MAGIC, MAX_BATCH, MAX_VERSION, MIN_VERSION};
+use crate::protocol::{
+    ErrorCode, FrameReader, FrameWriter, Incoming, Limits, Message, RefChange, RefState,
+};
+use crate::refname::RefName;
+use crate::repo::{self, Expected, RefUpdate, Repo, Transaction};
+
+/// A ref pattern from `--allow-ref`: `*` matches within one path component,
+/// `**` matches anything, slashes included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefPattern(String);
+
+impl std::str::FromStr for RefPattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.starts_with('/') || s.ends_with('/') || s.contains("//") {
+            return Err(format!(
+                "{s:?} is not a ref pattern (e.g. proj/*, proj/**, main)"
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '*')))
+        {
+            return Err(format!("{s:?}: {c:?} cannot appear in a ref pattern"));
+        }
+        Ok(RefPattern(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for RefPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl RefPattern {
+    /// Whether `name` matches.
+    pub fn matches(&self, name: &RefName) -> bool {
+        glob(self.0.as_bytes(), name.as_str().as_bytes())
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p {
+        [] => s.is_empty(),
+        [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        [b'*', rest @ ..] => {
+            let limit = s.iter().position(|&b| b == b'/').unwrap_or(s.len());
+            (0..=limit).any(|i| glob(rest, &s[i..]))
+        }
+        [c, rest @ ..] => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// What the admin allows this key to do.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The repository.
+    pub repo: PathBuf,
+    /// Refs this key may write; empty means none.
+    pub allow_refs: Vec<RefPattern>,
+    /// Who this key is, for the audit log.
+    pub key_id: String,
+    /// Largest object accepted (stored and content size).
+    pub max_object_size: u64,
+    /// Most bytes of objects accepted in one push.
+    pub max_push_size: u64,
+    /// Refuse to go on when less than this is free on the repository's disk.
+    pub min_free_space: u64,
+    /// Let a ref move to a commit that does not descend from its current one.
+    pub allow_non_fast_forward: bool,
+    /// Private state: the audit log and the refs-changed stamp.
+    pub state_dir: PathBuf,
+}
+
+impl Policy {
+    fn authorize(&self, name: &RefName) -> Result<(), String> {
+        if self.allow_refs.is_empty() {
+            return Err(format!(
+                "this key may not write any ref: the server gives it no --allow-ref; ask the admin to allow {name}"
+            ));
+        }
+        if self.allow_refs.iter().any(|p| p.matches(name)) {
+            Ok(())
+        } else {
+            let allowed: Vec<String> = self.allow_refs.iter().map(ToString::to_string).collect();
+            Err(format!(
+                "this key may not write {name}; it may write {}",
+                allowed.join(", ")
+            ))
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_object_size: self.max_object_size,
+            max_push_size: self.max_push_size,
+            max_frame: crate::protocol::frame::MAX_PAYLOAD as u64,
+            max_batch: MAX_BATCH as u64,
+        }
+    }
+}
+
+/// A failure that ends the session, with the code sent to the client.
+#[derive(Debug)]
+pub struct Failure {
+    /// The code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn protocol(message: impl Into<String>) -> Self {
+        Failure::new(ErrorCode::Protocol, message)
+    }
+}
+
+impl From<repo::Error> for Failure {
+    fn from(e: repo::Error) -> Self {
+        let code = match &e {
+            repo::Error::RefMoved { .. } => ErrorCode::Conflict,
+            repo::Error::Rejected(repo::Rejected::TooLarge { .. }) => ErrorCode::TooLarge,
+            repo::Error::Rejected(_) => ErrorCode::BadObject,
+            repo::Error::Incomplete { .. } => ErrorCode::Incomplete,
+            repo::Error::Lock(_) => ErrorCode::Busy,
+            repo::Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                ErrorCode::NoSpace
+            }
+            _ => ErrorCode::Internal,
+        };
+        Failure::new(code, crate::error_chain(&e))
+    }
+}
+
+impl From<crate::protocol::connection::Error> for Failure {
+    fn from(e: crate::protocol::connection::Error) -> Self {
+        Failure::protocol(crate::error_chain(&e))
+    }
+}
+
+/// What a finished session did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Client software, from its hello.
+    pub client: Option<String>,
+    /// The updates the client asked for.
+    pub refs: Vec<RefChange>,
+    /// Objects received.
+    pub objects: u64,
+    /// Bytes of objects received.
+    pub bytes: u64,
+}
+
+/// Messages to the blocking verifier.
+enum SinkMsg {
+    Start { name: ObjectName, size: u64 },
+    Data(Bytes),
+}
+
+/// Verifies and stages objects on a blocking thread, one at a time.
+fn run_sink(
+    tx: &Transaction,
+    max_object_size: u64,
+    mut rx: mpsc::Receiver<SinkMsg>,
+) -> Result<(), repo::Error> {
+    let mut current = None;
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            SinkMsg::Start { name, size } => {
+                if let Some(obj) = current.take() {
+                    repo::IncomingObject::finish(obj)?;
+                }
+                current = Some(tx.begin_object(name, size, max_object_size)?);
+            }
+            SinkMsg::Data(bytes) => match current.as_mut() {
+                Some(obj) => obj.feed(&bytes)?,
+                None => unreachable_data(),
+            },
+        }
+    }
+    if let Some(obj) = current.take() {
+        obj.finish()?;
+    }
+    Ok(())
+}
+
+fn unreachable_data() {
+    // The session only forwards data after a start frame.
+    debug_assert!(false, "object data before any object start");
+}
+
+/// Runs one session over `reader`/`writer`. Returns the report on success;
+/// on failure the error has already been sent to the client.
+pub async fn serve<R, W>(policy: &Policy, reader: R, writer: W) -> Result<Report, Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let mut reader = FrameReader::new(reader);
+    let mut writer = FrameWriter::new(writer);
+    let mut report = Report::default();
+    let result = session(policy, &mut reader, &mut writer, &mut report).await;
+    let outcome = match &result {
+        Ok(()) => "ok".to_string(),
+        Err(f) => format!("{:?}", f.code).to_lowercase(),
+    };
+    if let Err(f) = &result {
+        let _ = writer
+            .send(&Message::Error {
+                code: f.code,
+                message: f.message.clone(),
+            })
+            .await;
+        let _ = writer.flush().await;
+        tracing::warn!(code = ?f.code, "push refused: {}", f.message);
+    }
+    audit(
+        policy,
+        &report,
+        &outcome,
+        result.as_ref().err().map(|f| f.message.as_str()),
+        started,
+    );
+    result.map(|()| report)
+}
+
+async fn session<R, W>(
+    policy: &Policy,
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    report: &mut Report,
+) -> Result<(), Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // 1. Hello.
+    let Some(Incoming::Message(Message::Hello {
+        magic,
+        min_version,
+        max_version,
+        software,
+        ..
+    })) = reader.read().await?
+    else {
+        return Err(Failure::protocol("expected a hello message first"));
+    };
+    if magic != MAGIC {
+        return Err(Failure::protocol(format!(
+            "this is depot-receive; expected magic {MAGIC:?}, got {magic:?}"
+        )));
+    }
+    report.client = Some(software);
+    let version = max_version.min(MAX_VERSION);
+    if version < min_version.max(MIN_VERSION) {
+        return Err(Failure::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "this server speaks protocol versions {MIN_VERSION} to {MAX_VERSION}, the client {min_version} to {max_version}; \
+                 upgrade the older side"
+            ),
+        ));
+    }
+    let repo = Repo::open(&policy.repo)
+        .map_err(|e| Failure::new(ErrorCode::Internal, crate::error_chain(&e)))?;
+    writer
+        .send(&Message::Welcome {
+            version,
+            software: format!("depot-receive {}", env!("CARGO_PKG_VERSION")),
+            capabilities: Vec::new(),
+            limits: policy.limits(),
+        })
+        .await?;
+    writer.flush().await?;
+
+    // 2-3. Ref queries, then the update.
+    let updates = loop {
+        match reader.read().await? {
+            Some(Incoming::Message(Message::QueryRefs { refs })) => {
+                if refs.len() > MAX_BATCH {
+                    return Err(Failure::protocol(format!(
+                        "at most {MAX_BATCH} refs per query"
+                    )));
+                }
+                let mut states = Vec::with_capacity(refs.len());
+                for name in refs {
+                    let commit = repo.read_ref(&name)?;
+                    let auth = policy.authorize(&name);
+                    states.push(RefState {
+                        name,
+                        commit,
+                        writable: auth.is_ok(),
+                        reason: auth.err(),
+                    });
+                }
+                writer.send(&Message::Refs { refs: states }).await?;
+                writer.flush().await?;
+            }
+            Some(Incoming::Message(Message::Update { updates })) => break updates,
+            Some(Incoming::Message(m)) => {
+                return Err(Failure::protocol(format!(
+                    "unexpected {} before update",
+                    m.kind()
+                )));
+            }
+            Some(_) => {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    "objects sent before the update was accepted",
+                ));
+            }
+            None => return Ok(()),
+        }
+    };
+    report.refs.clone_from(&updates);
+    if updates.is_empty() || updates.len() > MAX_BATCH {
+        return Err(Failure::protocol(format!(
+            "an update names 1 to {MAX_BATCH} refs"
+        )));
+    }
+    let mut names = HashSet::new();
+    for u in &updates {
+        if !names.insert(&u.name) {
+            return Err(Failure::protocol(format!(
+                "ref {} appears twice in the update",
+                u.name
+            )));
+        }
+        policy
+            .authorize(&u.name)
+            .map_err(|m| Failure::new(ErrorCode::Forbidden, m))?;
+        let current = repo.read_ref(&u.name)?;
+        if current != u.old {
+            return Err(Failure::new(
+                ErrorCode::Conflict,
+                format!(
+                    "ref {} is at {}, not {}; it moved since the client looked: fetch and push again",
+                    u.name,
+                    current.map_or_else(|| "nothing".into(), |c| c.to_string()),
+                    u.old.map_or_else(|| "nothing".into(), |c| c.to_string())
+                ),
+            ));
+        }
+    }
+    check_free_space(policy)?;
+    let tx = Arc::new(repo.begin()?);
+    writer.send(&Message::Accepted {}).await?;
+    writer.flush().await?;
+
+    // 4-5. Negotiation and objects, verified on a blocking thread.
+    let (sink_tx, sink_rx) = mpsc::channel::<SinkMsg>(8);
+    let sink = {
+        let tx = Arc::clone(&tx);
+        let max = policy.max_object_size;
+        tokio::task::spawn_blocking(move || run_sink(&tx, max, sink_rx))
+    };
+    let mut expected: HashSet<ObjectName> = HashSet::new();
+    let mut remaining: u64 = 0;
+    let mut next_space_check = 64 * 1024 * 1024u64;
+    let received = loop {
+        let frame = reader.read().await?;
+        let forwarded = match frame {
+            Some(Incoming::Message(Message::Want { objects })) => {
+                if objects.len() > MAX_BATCH {
+                    return Err(Failure::protocol(format!(
+                        "at most {MAX_BATCH} names per want"
+                    )));
+                }
+                let missing: Vec<ObjectName> =
+                    objects.into_iter().filter(|n| !tx.has_object(n)).collect();
+                expected.extend(missing.iter().copied());
+                writer.send(&Message::Missing { objects: missing }).await?;
+                writer.flush().await?;
+                true
+            }
+            Some(Incoming::Message(Message::Done {})) => {
+                if remaining != 0 {
+                    return Err(Failure::protocol("done in the middle of an object"));
+                }
+                break true;
+            }
+            Some(Incoming::Message(m)) => {
+                return Err(Failure::protocol(format!(
+                    "unexpected {} during the push",
+                    m.kind()
+                )));
+            }
+            Some(Incoming::ObjectStart { name, size }) => {
+                if remaining != 0 {
+                    return Err(Failure::protocol(
+                        "an object started before the previous one ended",
+                    ));
+                }
+                if !expected.remove(&name) {
+                    return Err(Failure::protocol(format!(
+                        "object {name} was not asked for (or was sent twice)"
+                    )));
+                }
+                if size > policy.max_object_size {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "object {name} is {size} bytes, over this server's {}-byte limit",
+                            policy.max_object_size
+                        ),
+                    ));
+                }
+                report.objects += 1;
+                report.bytes += size;
+                if report.bytes > policy.max_push_size {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the push is over this server's {}-byte limit",
+                            policy.max_push_size
+                        ),
+                    ));
+                }
+                if report.bytes >= next_space_check {
+                    check_free_space(policy)?;
+                    next_space_check = report.bytes + 64 * 1024 * 1024;
+                }
+                remaining = size;
+                sink_tx.send(SinkMsg::Start { name, size }).await.is_ok()
+            }
+            Some(Incoming::ObjectData(data)) => {
+                let n = data.len() as u64;
+                if n > remaining {
+                    return Err(Failure::protocol(
+                        "more object data than the object declared",
+                    ));
+                }
+                remaining -= n;
+                sink_tx.send(SinkMsg::Data(data)).await.is_ok()
+            }
+            None => return Err(Failure::protocol("the client went away before done")),
+        };
+        if !forwarded {
+            break false;
+        }
+    };
+    drop(sink_tx);
+    let sink_result = sink
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("verifier failed: {e}")))?;
+    sink_result?;
+    if !received {
+        return Err(Failure::new(
+            ErrorCode::Internal,
+            "the verifier stopped early",
+        ));
+    }
+
+    // 6. Closure, fast-forward, publish, compare-and-swap.
+    let policy_ff = policy.allow_non_fast_forward;
+    let updates_for_commit = updates.clone();
+    let tx = Arc::try_unwrap(tx)
+        .map_err(|_| Failure::new(ErrorCode::Internal, "transaction still shared"))?;
+    tokio::task::spawn_blocking(move || apply(tx, &updates_for_commit, policy_ff))
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("commit failed: {e}")))??;
+    touch_stamp(policy);
+    writer
+        .send(&Message::Result {
+            refs: updates,
+            objects: report.objects,
+            bytes: report.bytes,
+        })
+        .await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(), Failure> {
+    for u in updates {
+        let commit = tx.load_commit(&u.new).map_err(|e| match e {
+            repo::Error::MissingObject { .. } => Failure::new(
+                ErrorCode::Incomplete,
+                format!(
+                    "commit {} for ref {} was neither sent nor present",
+                    u.new, u.name
+                ),
+            ),
+            other => other.into(),
+        })?;
+        tx.check_closure(&u.new)?;
+        if let Some(old) = u.old
+            && !allow_non_ff
+            && !tx.is_ancestor(&old, &u.new)?
+        {
+            return Err(Failure::new(
+                ErrorCode::NonFastForward,
+                format!(
+                    "ref {}: commit {} does not descend from the current {old}; this server refuses non-fast-forward updates",
+                    u.name, u.new
+                ),
+            ));
+        }
+        tracing::debug!("ref {} -> {} ({})", u.name, u.new, commit.subject);
+    }
+    let ref_updates: Vec<RefUpdate> = updates
+        .iter()
+        .map(|u| RefUpdate {
+            name: u.name.clone(),
+            expected: u.old.map_or(Expected::Absent, Expected::Is),
+            new: Some(u.new),
+        })
+        .collect();
+    tx.commit(&ref_updates)?;
+    Ok(())
+}
+
+fn check_free_space(policy: &Policy) -> Result<(), Failure> {
+    if policy.min_free_space == 0 {
+        return Ok(());
+    }
+    let stat = nix::sys::statvfs::statvfs(&policy.repo).map_err(|e| {
+        Failure::new(
+            ErrorCode::Internal,
+            format!("statvfs {}: {e}", policy.repo.display()),
+        )
+    })?;
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+    if free < policy.min_free_space {
+        return Err(Failure::new(
+            ErrorCode::NoSpace,
+            format!(
+                "the server has {free} bytes free, less than its {}-byte reserve; ask the admin to prune",
+                policy.min_free_space
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn touch_stamp(policy: &Policy) {
+    let path = policy.state_dir.join("refs-changed");
+    if let Err(e) = fs::create_dir_all(&policy.state_dir)
+        .and_then(|()| fs::write(&path, now_secs().to_string()))
+    {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Appends one JSON line to `<state_dir>/audit.jsonl`.
+fn audit(policy: &Policy, report: &Report, outcome: &str, error: Option<&str>, started: Instant) {
+    let record = serde_json::json!({
+        "time": crate::timefmt::format(now_secs()),
+        "key_id": policy.key_id,
+        "repo": policy.repo,
+        "client": report.client,
+        "refs": report.refs.iter().map(|r| serde_json::json!({"ref": r.name, "old": r.old, "new": r.new})).collect::<Vec<_>>(),
+        "objects": report.objects,
+        "bytes": report.bytes,
+        "duration_ms": started.elapsed().as_millis() as u64,
+        "outcome": outcome,
+        "error": error,
+    });
+    let mut line = record.to_string();
+    line.push('\n');
+    let path = policy.state_dir.join("audit.jsonl");
+    let written = fs::create_dir_all(&policy.state_dir).and_then(|()| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?
+            .write_all(line.as_bytes())
+    });
+    if let Err(e) = written {
+        tracing::error!("cannot append to the audit log {}: {e}", path.display());
+    }
+}
+
+/// The checksum of every commit this session moved a ref to.
+pub fn new_commits(report: &Report) -> Vec<Checksum> {
+    report.refs.iter().map(|r| r.new).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = |s: &str| s.parse::<RefPattern>().expect("pattern");
+        let r = |s: &str| s.parse::<RefName>().expect("ref");
+        assert!(p("proj/*").matches(&r("proj/x")));
+        assert!(!p("proj/*").matches(&r("proj/linux/123")));
+        assert!(!p("proj/*").matches(&r("other/x")));
+        assert!(!p("proj/*").matches(&r("project/x")));
+        assert!(p("proj/**").matches(&r("proj/linux/123")));
+        assert!(!p("proj/**").matches(&r("projx/1")));
+        assert!(p("**").matches(&r("a/b/c")));
+        assert!(p("main").matches(&r("main")));
+        assert!(!p("main").matches(&r("main2")));
+        assert!(p("rel-*").matches(&r("rel-1.2")));
+        assert!(p("*/nightly").matches(&r("x/nightly")));
+        for bad in ["", "/a", "a/", "a//b", "a b", "a?", "../x"] {
+            assert!(bad.parse::<RefPattern>().is_err() || bad == "../x", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Objects arriving from an untrusted pusher, verified as they stream.
+//!
+//! A metadata object is buffered (it is capped at [`MAX_PUSHED_METADATA`]),
+//! hashed, and parsed strictly (normal form, structure, sorting). A `.filez`
+//! is written to staging as it arrives while its header is parsed and its
+//! deflate stream inflated and hashed; at the end its size, its checksum and
+//! the end of its deflate stream must all be exact. Only then is the object
+//! staged under its name. Nothing about the object's name is used to build a
+//! path except through [`ObjectName`], which is 64 hex digits and a known kind.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use flate2::{Decompress, FlushDecompress, Status};
+use sha2::{Digest, Sha256};
+
+use crate::checksum::Checksum;
+use crate::object::{
+    self, MAX_FILEZ_HEADER, ObjectName, ObjectType, content_checksum_prefix, parse_filez_header,
+};
+
+use super::{Error, Transaction, io_err, tempfile_in};
+
+/// The largest metadata object accepted from a pusher. ostree reads up to
+/// 128 MiB; a real dirtree of 100,000 entries is under 5 MiB, and the
+/// receiver's memory must stay small.
+pub const MAX_PUSHED_METADATA: u64 = 10 * 1024 * 1024;
+
+/// Why a pushed object was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejected {
+    /// More bytes than the object-start frame declared, or fewer.
+    #[error("object {name}: {actual} bytes arrived, {declared} were declared")]
+    SizeMismatch {
+        /// The object.
+        name: ObjectName,
+        /// The declared stored size.
+        declared: u64,
+        /// What arrived.
+        actual: u64,
+    },
+    /// The content does not hash to the name.
+    #[error("object {name} does not match its name: its content hashes to {actual}")]
+    ChecksumMismatch {
+        /// The object.
+        name: ObjectName,
+        /// What it hashes to.
+        actual: Checksum,
+    },
+    /// Anything else about its bytes.
+    #[error("object {name} is invalid: {reason}")]
+    Invalid {
+        /// The object.
+        name: ObjectName,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Over a size limit.
+    #[error("object {name} is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// The object.
+        name: ObjectName,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+enum State {
+    Metadata(Vec<u8>),
+    Content(Box<Content>),
+}
+
+struct Content {
+    file: BufWriter<File>,
+    tmp: PathBuf,
+    /// The 8-byte length prefix and the header, until the header is complete.
+    head: Vec<u8>,
+    header_len: Option<usize>,
+    /// Set once the header is parsed.
+    body: Option<Body>,
+}
+
+struct Body {
+    payload_size: u64,
+    inflater: Decompress,
+    hasher: Sha256,
+    inflated: u64,
+    ended: bool,
+    saw_deflate_bytes: bool,
+}
+
+/// One object being received into a transaction.
+pub struct IncomingObject<'t> {
+    tx: &'t Transaction,
+    name: ObjectName,
+    declared: u64,
+    received: u64,
+    max_content: u64,
+    state: State,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for IncomingObject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingObject")
+            .field("name", &self.name)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(name: ObjectName, reason: impl Into<String>) -> Error {
+    Error::Rejected(Rejected::Invalid {
+        name,
+        reason: reason.into(),
+    })
+}
+
+impl<'t> IncomingObject<'t> {
+    /// Starts receiving `name`, whose stored form is `declared` bytes; its
+    /// stored and content sizes may not exceed `max_size`.
+    pub(super) fn begin(
+        tx: &'t Transaction,
+        name: ObjectName,
+        declared: u64,
+        max_size: u64,
+    ) -> Result<Self, Error> {
+        let limit = match name.kind {
+            ObjectType::File => max_size,
+            ObjectType::TombstoneCommit => {
+                return Err(invalid(name, "tombstone commits cannot be pushed"));
+            }
+            _ => max_size.min(MAX_PUSHED_METADATA),
+        };
+        if declared > limit {
+            return Err(Error::Rejected(Rejected::TooLarge {
+                name,
+                size: declared,
+                limit,
+            }));
+        }
+        let state = if name.kind == ObjectType::File {
+            let (file, tmp) = tempfile_in(&tx.staging)?;
+            State::Content(Box::new(Content {
+                file: BufWriter::with_capacity(64 * 1024, file),
+                tmp,
+                head: Vec::new(),
+                header_len: None,
+                body: None,
+            }))
+        } else {
+            State::Metadata(Vec::with_capacity(
+                usize::try_from(declared.min(64 * 1024)).unwrap_or(0),
+            ))
+        };
+        Ok(IncomingObject {
+            tx,
+            name,
+            declared,
+            received: 0,
+            max_content: max_size,
+            state,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Feeds the next bytes of the stored form.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.received += data.len() as u64;
+        if self.received > self.declared {
+            return Err(Error::Rejected(Rejected::SizeMismatch {
+                name: self.name,
+                declared: self.declared,
+                actual: self.received,
+            }));
+        }
+        let name = self.name;
+        let max_content = self.max_content;
+        match &mut self.state {
+            State::Metadata(buf) => {
+                buf.extend_from_slice(data);
+                Ok(())
+            }
+            State::Content(c) => {
+                c.file.write_all(data).map_err(io_err("write", &c.tmp))?;
+                feed_content(name, c, data, max_content, &mut self.scratch)
+            }
+        }
+    }
+
+    /// Checks the object whole and stages it under its name.
+    pub fn finish(self) -> Result<(), Error> {
+        let name = self.name;
+        if self.received != self.declared {
+            return Err(Error::Rejected(Rejected::SizeMismatch {
+                name,
+                declared: self.declared,
+                actual: self.received,
+            }));
+        }
+        match self.state {
+            State::Metadata(buf) => {
+                if name.kind != ObjectType::CommitMeta {
+                    let actual = Checksum::of(&buf);
+                    if actual != name.checksum {
+                        return Err(Error::Rejected(Rejected::ChecksumMismatch { name, actual }));
+                    }
+                }
+                object::validate_metadata(name.kind, &buf)
+                    .map_err(|e| invalid(name, crate::error_chain(&e)))?;
+                self.tx.stage_verified_metadata(&name, &buf)
+            }
+            State::Content(c) => {
+                let Content {
+                    file, tmp, body, ..
+                } = *c;
+                let result = (|| {
+                    let body =
+                        body.ok_or_else(|| invalid(name, "the object ends inside its header"))?;
+                    if !body.ended && (body.saw_deflate_bytes || body.payload_size != 0) {
+                        return Err(invalid(name, "the compressed content ends early"));
+                    }
+                    if body.inflated != body.payload_size {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "{} bytes of content, its header says {}",
+                                body.inflated, body.payload_size
+                            ),
+                        ));
+                    }
+                    let actual = Checksum::from_hasher(body.hasher);
+                    if actual != name.checksum {
+                        return Err(Error::Rejected(Rejected::ChecksumMismatch { name, actual }));
+                    }
+                    let file = file
+                        .into_inner()
+                        .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+                    self.tx.stage_verified_file(&file, &tmp, &name)
+                })();
+                if result.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                result
+            }
+        }
+    }
+}
+
+fn feed_content(
+    name: ObjectName,
+    c: &mut Content,
+    mut data: &[u8],
+    max_content: u64,
+    scratch: &mut Vec<u8>,
+) -> Result<(), Error> {
+    if c.body.is_none() {
+        // Gather the 8-byte prefix, then the header it announces.
+        let want = c.header_len.map_or(8, |l| 8 + l);
+        let take = (want - c.head.len()).min(data.len());
+        c.head.extend_from_slice(&data[..take]);
+        data = &data[take..];
+        if c.head.len() < want {
+            return Ok(());
+        }
+        if c.header_len.is_none() {
+            let len = u32::from_be_bytes([c.head[0], c.head[1], c.head[2], c.head[3]]);
+            if len > MAX_FILEZ_HEADER {
+                return Err(invalid(name, format!("declares a {len}-byte header")));
+            }
+            if c.head[4..8] != [0, 0, 0, 0] {
+                return Err(invalid(name, "nonzero padding after the header length"));
+            }
+            c.header_len = Some(len as usize);
+            return feed_content(name, c, data, max_content, scratch);
+        }
+        let (header, payload_size) =
+            parse_filez_header(&c.head[8..]).map_err(|e| invalid(name, crate::error_chain(&e)))?;
+        if payload_size > max_content {
+            return Err(Error::Rejected(Rejected::TooLarge {
+                name,
+                size: payload_size,
+                limit: max_content,
+            }));
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(content_checksum_prefix(&header));
+        c.body = Some(Body {
+            payload_size,
+            inflater: Decompress::new(false),
+            hasher,
+            inflated: 0,
+            ended: false,
+            saw_deflate_bytes: false,
+        });
+        c.head = Vec::new();
+    }
+    let Some(body) = c.body.as_mut() else {
+        return Ok(());
+    };
+    if data.is_empty() {
+        return Ok(());
+    }
+    if body.ended {
+        return Err(invalid(
+            name,
+            "bytes after the end of the compressed content",
+        ));
+    }
+    body.saw_deflate_bytes = true;
+    scratch.resize(64 * 1024, 0);
+    while !data.is_empty() || !body.ended {
+        let before_in = body.inflater.total_in();
+        let before_out = body.inflater.total_out();
+        let status = body
+            .inflater
+            .decompress(data, scratch, FlushDecompress::None)
+            .map_err(|e| invalid(name, format!("bad compressed data: {e}")))?;
+        let used = (body.inflater.total_in() - before_in) as usize;
+        let produced = (body.inflater.total_out() - before_out) as usize;
+        data = &data[used..];
+        body.inflated += produced as u64;
+        if body.inflated > body.payload_size {
+            return Err(invalid(
+                name,
+                format!(
+                    "more content than the {} bytes its header says",
+                    body.payload_size
+                ),
+            ));
+        }
+        body.hasher.update(&scratch[..produced]);
+        if status == Status::StreamEnd {
+            body.ended = true;
+            if !data.is_empty() {
+                return Err(invalid(
+                    name,
+                    "bytes after the end of the compressed content",
+                ));
+            }
+            break;
+        }
+        if used == 0 && produced == 0 {
+            // Needs more input.
+            break;
+        }
+    }
+    Ok(())
+}

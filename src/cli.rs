@@ -81,6 +81,10 @@ pub enum Command {
         /// Check out only this directory of the commit.
         #[arg(long, default_value = "/")]
         subpath: String,
+        /// Also restore setuid/setgid bits and every extended attribute
+        /// (security.*, trusted.*): only for content you trust.
+        #[arg(long)]
+        full_metadata: bool,
     },
     /// Verify every object and the closure of every commit and ref.
     Fsck {
@@ -341,10 +345,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             rev,
             dest,
             subpath,
+            full_metadata,
         } => {
             let repo = repo.open()?;
             let c = repo.resolve(&rev)?;
-            let stats = read::checkout_subpath(&repo, &c, &subpath, &dest)?;
+            let opts = read::CheckoutOptions { full_metadata };
+            let stats = read::checkout_subpath(&repo, &c, &subpath, &dest, opts)?;
             if stats.xattrs_skipped > 0 {
                 tracing::warn!(
                     "{} extended attributes could not be set (no permission or no support in {})",

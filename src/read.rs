@@ -53,6 +53,12 @@ pub enum Error {
         /// What it is instead.
         what: String,
     },
+    /// A tree nested deeper than ostree allows.
+    #[error("{path} is nested deeper than {MAX_TREE_DEPTH} directories; refusing to go on")]
+    TooDeep {
+        /// Where the limit was reached.
+        path: String,
+    },
     /// Checkout into a directory that is not empty.
     #[error("{path} already exists and is not empty; check out into a new directory")]
     DestinationExists {
@@ -60,6 +66,9 @@ pub enum Error {
         path: PathBuf,
     },
 }
+
+/// Deepest directory nesting followed (ostree's `OSTREE_MAX_RECURSION`).
+pub const MAX_TREE_DEPTH: usize = 256;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Io {
@@ -191,17 +200,47 @@ pub struct CheckoutStats {
     pub xattrs_skipped: u64,
 }
 
+/// How much of the recorded metadata a checkout restores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckoutOptions {
+    /// Restore setuid and setgid bits and every extended attribute
+    /// (`security.*`, `trusted.*` too). Off by default: a checkout of content
+    /// someone else pushed, run as root, must not produce setuid-root files or
+    /// file capabilities. Without it, like `ostree checkout --user-mode`, those
+    /// bits are cleared and only `user.*` attributes are set.
+    pub full_metadata: bool,
+}
+
+impl CheckoutOptions {
+    fn mode(self, mode: u32) -> u32 {
+        if self.full_metadata {
+            mode & 0o7777
+        } else {
+            mode & 0o1777
+        }
+    }
+
+    fn wants_xattr(self, name: &[u8]) -> bool {
+        self.full_metadata || name.starts_with(b"user.")
+    }
+}
+
 struct FileJob {
     path: PathBuf,
     checksum: Checksum,
 }
 
 /// Checks out `commit` into `dest`, which must not exist or be empty. Files
-/// are written in parallel; modes (setuid and sticky bits included),
-/// symlinks and, where the file system and permissions allow, xattrs are
-/// restored. Ownership is not (as `ostree checkout --user-mode`).
-pub fn checkout(repo: &Repo, commit: &Checksum, dest: &Path) -> Result<CheckoutStats, Error> {
-    checkout_subpath(repo, commit, "/", dest)
+/// are written in parallel; modes, symlinks and, where the file system and
+/// permissions allow, xattrs are restored as [`CheckoutOptions`] says.
+/// Ownership is not (as `ostree checkout --user-mode`).
+pub fn checkout(
+    repo: &Repo,
+    commit: &Checksum,
+    dest: &Path,
+    opts: CheckoutOptions,
+) -> Result<CheckoutStats, Error> {
+    checkout_subpath(repo, commit, "/", dest, opts)
 }
 
 /// Like [`checkout`], for the directory at `subpath` in the commit.
@@ -210,6 +249,7 @@ pub fn checkout_subpath(
     commit: &Checksum,
     subpath: &str,
     dest: &Path,
+    opts: CheckoutOptions,
 ) -> Result<CheckoutStats, Error> {
     let Entry::Dir { tree, meta } = lookup(repo, commit, subpath)? else {
         return Err(Error::NotAFile {
@@ -237,8 +277,17 @@ pub fn checkout_subpath(
     // Pass 1: directories (pre-order) and the list of files.
     let mut dirs: Vec<(PathBuf, DirMeta)> = Vec::new();
     let mut jobs: Vec<FileJob> = Vec::new();
-    let mut stack = vec![(dest.to_path_buf(), tree, meta)];
-    while let Some((path, tree, meta)) = stack.pop() {
+    let mut stack = vec![(dest.to_path_buf(), tree, meta, 0usize)];
+    while let Some((path, tree, meta, depth)) = stack.pop() {
+        if depth > MAX_TREE_DEPTH {
+            return Err(Error::TooDeep {
+                path: path
+                    .strip_prefix(dest)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string(),
+            });
+        }
         let t = repo.load_dirtree(&tree)?;
         let m = repo.load_dirmeta(&meta)?;
         if path != dest {
@@ -254,19 +303,19 @@ pub fn checkout_subpath(
             });
         }
         for d in t.dirs() {
-            stack.push((path.join(d.name.as_str()), d.tree, d.meta));
+            stack.push((path.join(d.name.as_str()), d.tree, d.meta, depth + 1));
         }
         dirs.push((path, m));
     }
     // Pass 2: files, in parallel.
     let stats = Counters::default();
     jobs.par_iter()
-        .try_for_each(|job| write_file(repo, job, &stats))?;
+        .try_for_each(|job| write_file(repo, job, &stats, opts))?;
     // Pass 3: directory modes and xattrs, deepest first, so that a read-only
     // directory is made read-only only after it is filled.
     for (path, meta) in dirs.iter().rev() {
-        set_xattrs(path, &meta.xattrs, &stats);
-        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777))
+        set_xattrs(path, &meta.xattrs, &stats, opts);
+        fs::set_permissions(path, fs::Permissions::from_mode(opts.mode(meta.mode)))
             .map_err(io_err("chmod", path))?;
     }
     Ok(CheckoutStats {
@@ -286,7 +335,12 @@ struct Counters {
     xattrs_skipped: AtomicU64,
 }
 
-fn write_file(repo: &Repo, job: &FileJob, stats: &Counters) -> Result<(), Error> {
+fn write_file(
+    repo: &Repo,
+    job: &FileJob,
+    stats: &Counters,
+    opts: CheckoutOptions,
+) -> Result<(), Error> {
     let mut reader = repo.open_content(&job.checksum)?;
     let header: FileHeader = reader.header().clone();
     if header.is_symlink() {
@@ -295,7 +349,7 @@ fn write_file(repo: &Repo, job: &FileJob, stats: &Counters) -> Result<(), Error>
             .map_err(io_err("verify", &job.path))?;
         std::os::unix::fs::symlink(&header.symlink_target, &job.path)
             .map_err(io_err("create symlink", &job.path))?;
-        set_xattrs(&job.path, &header.xattrs, stats);
+        set_xattrs(&job.path, &header.xattrs, stats, opts);
         stats.symlinks.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
@@ -305,16 +359,16 @@ fn write_file(repo: &Repo, job: &FileJob, stats: &Counters) -> Result<(), Error>
         .open(&job.path)
         .map_err(io_err("create", &job.path))?;
     let n = io::copy(&mut reader, &mut file).map_err(io_err("write", &job.path))?;
-    set_xattrs(&job.path, &header.xattrs, stats);
-    file.set_permissions(fs::Permissions::from_mode(header.mode & 0o7777))
+    set_xattrs(&job.path, &header.xattrs, stats, opts);
+    file.set_permissions(fs::Permissions::from_mode(opts.mode(header.mode)))
         .map_err(io_err("chmod", &job.path))?;
     stats.files.fetch_add(1, Ordering::Relaxed);
     stats.bytes.fetch_add(n, Ordering::Relaxed);
     Ok(())
 }
 
-fn set_xattrs(path: &Path, xattrs: &Xattrs, stats: &Counters) {
-    for (name, value) in xattrs.iter() {
+fn set_xattrs(path: &Path, xattrs: &Xattrs, stats: &Counters, opts: CheckoutOptions) {
+    for (name, value) in xattrs.iter().filter(|(n, _)| opts.wants_xattr(n)) {
         let name = std::ffi::OsStr::new(std::str::from_utf8(name).unwrap_or_default());
         if let Err(e) = xattr::set(path, name, value) {
             tracing::debug!("not setting xattr {name:?} on {}: {e}", path.display());
@@ -416,6 +470,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport, Error> {
         .collect();
     problems.extend(verified.into_iter().flatten());
     let bad: HashSet<String> = problems.iter().map(|p| p.subject.clone()).collect();
+    let name_set: HashSet<ObjectName> = names.iter().copied().collect();
 
     // Closure of every commit that is not marked partial, and of every ref.
     let mut report = FsckReport {
@@ -436,7 +491,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport, Error> {
         .collect();
     for (name, target) in repo.list_refs()? {
         report.refs += 1;
-        if !names.contains(&ObjectName::new(target, ObjectType::Commit)) {
+        if !name_set.contains(&ObjectName::new(target, ObjectType::Commit)) {
             problems.push(Problem {
                 subject: format!("ref {name}"),
                 reason: format!("points at commit {target}, which is missing"),

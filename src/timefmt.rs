@@ -35,7 +35,7 @@ pub fn parse(s: &str) -> Result<u64, String> {
         || h > 23
         || mi > 59
         || sec > 60
-        || y < 1970
+        || !(1970..=9999).contains(&y)
     {
         return Err(bad());
     }
@@ -91,6 +91,8 @@ mod tests {
         }
         for bad in [
             "",
+            "99999999999999999-01-01",
+            "10000-01-01",
             "yesterday",
             "2020-13-01",
             "2020-01-01T25:00",

@@ -43,6 +43,10 @@ pub enum DecodeError {
     /// Values nested more deeply than [`MAX_DEPTH`].
     #[error("values nest deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// Decoding would build far more than the input's size justifies (for
+    /// instance many empty arrays of a very wide element type).
+    #[error("the value is too expensive to decode for its size")]
+    TooExpensive,
     /// Decodable, but the bytes are not the normal-form serialisation of the value.
     #[error("not in normal form")]
     NotNormalForm,
@@ -50,7 +54,10 @@ pub enum DecodeError {
 
 /// Decodes `data` as a value of type `ty` and requires normal form.
 pub fn from_normal_bytes<'a>(ty: &Type, data: &'a [u8]) -> Result<Value<'a>, DecodeError> {
-    let value = decode(ty, data, 0)?;
+    // Every value decoded and every type node copied costs one unit; a
+    // well-formed value needs far fewer units than it has bytes.
+    let mut budget = data.len().saturating_mul(4).saturating_add(1024);
+    let value = decode(ty, data, 0, &mut budget)?;
     // The re-encoding is at most as long as the input when it matches, so cap
     // the comparison cost by the input length.
     let again = encode::to_bytes(&value);
@@ -114,11 +121,13 @@ fn is_object_path(s: &str) -> bool {
         .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
+/// GLib's `g_variant_serialiser_is_signature`: a sequence of complete types
+/// using only `ybnqiuxthdvasog(){}` (no maybe types), of any length.
 fn is_signature(s: &str) -> bool {
-    let mut rest = s.as_bytes();
-    if rest.len() > 255 {
+    if !s.bytes().all(|b| b"ybnqiuxthdvasog(){}".contains(&b)) {
         return false;
     }
+    let mut rest = s.as_bytes();
     while !rest.is_empty() {
         match Type::parse_prefix(rest, 0) {
             Ok((_, r)) => rest = r,
@@ -137,10 +146,12 @@ pub(crate) fn decode<'a>(
     ty: &Type,
     data: &'a [u8],
     depth: usize,
+    budget: &mut usize,
 ) -> Result<Value<'a>, DecodeError> {
     if depth > MAX_DEPTH {
         return Err(DecodeError::TooDeep);
     }
+    spend(budget, 1)?;
     Ok(match ty {
         Type::Bool => match fixed::<1>(ty, data)?[0] {
             0 => Value::Bool(false),
@@ -181,28 +192,44 @@ pub(crate) fn decode<'a>(
             if !rest.is_empty() {
                 return Err(DecodeError::BadVariantType(TypeError::Trailing));
             }
-            Value::Variant(Box::new(decode(&child_ty, &data[..zero], depth + 1)?))
+            Value::Variant(Box::new(decode(
+                &child_ty,
+                &data[..zero],
+                depth + 1,
+                budget,
+            )?))
         }
         Type::Maybe(elem) => {
             if data.is_empty() {
-                Value::Maybe((**elem).clone(), None)
+                Value::Maybe(copy_type(elem, budget)?, None)
             } else if elem.fixed_size().is_some() {
-                let v = decode(elem, data, depth + 1)?;
-                Value::Maybe((**elem).clone(), Some(Box::new(v)))
+                let v = decode(elem, data, depth + 1, budget)?;
+                Value::Maybe(copy_type(elem, budget)?, Some(Box::new(v)))
             } else {
                 let (&last, body) = data.split_last().ok_or_else(|| bad_offset(ty))?;
                 if last != 0 {
                     return Err(DecodeError::NotNormalForm);
                 }
-                let v = decode(elem, body, depth + 1)?;
-                Value::Maybe((**elem).clone(), Some(Box::new(v)))
+                let v = decode(elem, body, depth + 1, budget)?;
+                Value::Maybe(copy_type(elem, budget)?, Some(Box::new(v)))
             }
         }
         Type::Array(elem) if **elem == Type::Byte => Value::bytes(data),
-        Type::Array(elem) => Value::Array((**elem).clone(), decode_array(ty, elem, data, depth)?),
-        Type::Tuple(members) => Value::Tuple(decode_struct(ty, members.iter(), data, depth)?),
+        Type::Array(elem) => Value::Array(
+            copy_type(elem, budget)?,
+            decode_array(ty, elem, data, depth, budget)?,
+        ),
+        Type::Tuple(members) => {
+            Value::Tuple(decode_struct(ty, members.iter(), data, depth, budget)?)
+        }
         Type::DictEntry(k, v) => {
-            let mut members = decode_struct(ty, [k.as_ref(), v.as_ref()].into_iter(), data, depth)?;
+            let mut members = decode_struct(
+                ty,
+                [k.as_ref(), v.as_ref()].into_iter(),
+                data,
+                depth,
+                budget,
+            )?;
             let v = members.pop().ok_or_else(|| bad_offset(ty))?;
             let k = members.pop().ok_or_else(|| bad_offset(ty))?;
             Value::DictEntry(Box::new(k), Box::new(v))
@@ -215,6 +242,7 @@ fn decode_array<'a>(
     elem: &Type,
     data: &'a [u8],
     depth: usize,
+    budget: &mut usize,
 ) -> Result<Vec<Value<'a>>, DecodeError> {
     if data.is_empty() {
         return Ok(Vec::new());
@@ -229,7 +257,7 @@ fn decode_array<'a>(
         }
         return data
             .chunks_exact(size)
-            .map(|chunk| decode(elem, chunk, depth + 1))
+            .map(|chunk| decode(elem, chunk, depth + 1, budget))
             .collect();
     }
     let len = data.len();
@@ -253,7 +281,7 @@ fn decode_array<'a>(
         if start > end || end > last_end {
             return Err(bad_offset(ty));
         }
-        items.push(decode(elem, &data[start..end], depth + 1)?);
+        items.push(decode(elem, &data[start..end], depth + 1, budget)?);
         prev_end = end;
     }
     Ok(items)
@@ -264,6 +292,7 @@ fn decode_struct<'a, 't>(
     members: impl ExactSizeIterator<Item = &'t Type>,
     data: &'a [u8],
     depth: usize,
+    budget: &mut usize,
 ) -> Result<Vec<Value<'a>>, DecodeError> {
     if let Some(size) = ty.fixed_size()
         && data.len() != size
@@ -300,8 +329,19 @@ fn decode_struct<'a, 't>(
         if pos > end || end > limit {
             return Err(bad_offset(ty));
         }
-        values.push(decode(m, &data[pos..end], depth + 1)?);
+        values.push(decode(m, &data[pos..end], depth + 1, budget)?);
         pos = end;
     }
     Ok(values)
+}
+
+fn spend(budget: &mut usize, units: usize) -> Result<(), DecodeError> {
+    *budget = budget.checked_sub(units).ok_or(DecodeError::TooExpensive)?;
+    Ok(())
+}
+
+/// Copies an element type into a value, paying for its size.
+fn copy_type(ty: &Type, budget: &mut usize) -> Result<Type, DecodeError> {
+    spend(budget, ty.node_count())?;
+    Ok(ty.clone())
 }

@@ -163,6 +163,16 @@ impl Type {
         )
     }
 
+    /// How many nodes the type tree has (what copying it costs).
+    pub fn node_count(&self) -> usize {
+        match self {
+            Type::Maybe(t) | Type::Array(t) => 1 + t.node_count(),
+            Type::Tuple(ms) => 1 + ms.iter().map(Type::node_count).sum::<usize>(),
+            Type::DictEntry(k, v) => 1 + k.node_count() + v.node_count(),
+            _ => 1,
+        }
+    }
+
     /// Alignment in bytes: 1, 2, 4 or 8.
     pub fn alignment(&self) -> usize {
         match self {

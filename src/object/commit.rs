@@ -154,23 +154,36 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_checksum_lengths() {
-        let mut c = Commit {
-            metadata: vec![],
-            parent: None,
-            related: vec![],
-            subject: String::new(),
-            body: String::new(),
-            timestamp: 0,
-            root_tree: Checksum::from_array([1; 32]),
-            root_meta: Checksum::from_array([2; 32]),
-        };
-        c.metadata.push((String::new(), Value::Bool(true)));
-        assert!(
-            Commit::parse(&c.to_bytes())
-                .unwrap_err()
-                .to_string()
-                .contains("empty metadata key")
-        );
+    fn rejects_bad_checksum_lengths_and_empty_keys() {
+        // Build commits by hand so each field can be wrong on its own.
+        let raw =
+            |meta: Vec<(String, Value<'static>)>, parent: &[u8], tree: &[u8], dirmeta: &[u8]| {
+                let ay = || Type::Array(Box::new(Type::Byte));
+                gvariant::to_bytes(&Value::Tuple(vec![
+                    gvariant::dict_to_value(&meta),
+                    Value::Bytes(parent.to_vec().into()),
+                    Value::Array(Type::Tuple(vec![Type::Str, ay()]), vec![]),
+                    Value::str("s"),
+                    Value::str(""),
+                    Value::Uint64(0),
+                    Value::Bytes(tree.to_vec().into()),
+                    Value::Bytes(dirmeta.to_vec().into()),
+                ]))
+            };
+        let (ok32, short) = ([1u8; 32], [1u8; 31]);
+        assert!(Commit::parse(&raw(vec![], &[], &ok32, &ok32)).is_ok());
+        assert!(Commit::parse(&raw(vec![], &ok32, &ok32, &ok32)).is_ok());
+        for (bytes, want) in [
+            (raw(vec![], &short, &ok32, &ok32), "parent"),
+            (raw(vec![], &[], &short, &ok32), "root tree"),
+            (raw(vec![], &[], &ok32, &short), "root dirmeta"),
+            (
+                raw(vec![(String::new(), Value::Bool(true))], &[], &ok32, &ok32),
+                "empty metadata key",
+            ),
+        ] {
+            let err = Commit::parse(&bytes).expect_err(want);
+            assert!(err.to_string().contains(want), "{err}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Objects arriving from an untrusted pusher, verified as they stream.
 //!
-//! A metadata object is buffered (it is capped at [`MAX_PUSHED_METADATA`]),
+//! A metadata object is buffered (capped by [`max_pushed_metadata`]),
 //! hashed, and parsed strictly (normal form, structure, sorting). A `.filez`
 //! is written to staging as it arrives while its header is parsed and its
 //! deflate stream inflated and hashed; at the end its size, its checksum and
@@ -22,10 +22,18 @@ use crate::object::{
 
 use super::{Error, Transaction, io_err, tempfile_in};
 
-/// The largest metadata object accepted from a pusher. ostree reads up to
-/// 128 MiB; a real dirtree of 100,000 entries is under 5 MiB, and the
-/// receiver's memory must stay small.
-pub const MAX_PUSHED_METADATA: u64 = 10 * 1024 * 1024;
+/// The largest metadata object of each kind accepted from a pusher. ostree
+/// reads up to 128 MiB of any kind; depot's receiver must keep its memory
+/// small, and decoding costs a few times an object's size. A real dirtree of
+/// 100,000 entries is under 5 MiB; a dirmeta holds a directory's xattrs; a
+/// commit or its detached metadata holds a subject, a body and some keys.
+pub fn max_pushed_metadata(kind: ObjectType) -> u64 {
+    match kind {
+        ObjectType::DirTree => 10 * 1024 * 1024,
+        ObjectType::DirMeta => 64 * 1024,
+        _ => 1024 * 1024,
+    }
+}
 
 /// Why a pushed object was refused.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +142,7 @@ impl<'t> IncomingObject<'t> {
             ObjectType::TombstoneCommit => {
                 return Err(invalid(name, "tombstone commits cannot be pushed"));
             }
-            _ => max_size.min(MAX_PUSHED_METADATA),
+            kind => max_size.min(max_pushed_metadata(kind)),
         };
         if declared > limit {
             return Err(Error::Rejected(Rejected::TooLarge {

@@ -88,10 +88,6 @@ impl LockGuard {
 
 /// Takes an OFD lock on `path` (created with mode 0660 if missing, as ostree does).
 pub fn lock(path: &Path, mode: LockMode, wait: Wait) -> Result<LockGuard, Error> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -99,14 +95,39 @@ pub fn lock(path: &Path, mode: LockMode, wait: Wait) -> Result<LockGuard, Error>
         .truncate(false)
         .mode(0o660)
         .open(path)
-        .map_err(io)?;
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    lock_file(file, path, mode, wait)
+}
+
+/// Like [`lock`], for a lock file that must already exist: `Ok(None)` if it
+/// does not (nobody holds it, and nobody may create it behind its owner's back).
+pub fn lock_existing(path: &Path, mode: LockMode, wait: Wait) -> Result<Option<LockGuard>, Error> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => lock_file(file, path, mode, wait).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn lock_file(file: File, path: &Path, mode: LockMode, wait: Wait) -> Result<LockGuard, Error> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(5);
     loop {
         match try_lock(&file, mode) {
             Ok(()) => return Ok(LockGuard { _file: file, mode }),
             Err(Errno::EAGAIN | Errno::EACCES) => {}
-            Err(e) => return Err(io(e.into())),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                });
+            }
         }
         let waited = start.elapsed();
         let limit = match wait {
@@ -114,11 +135,17 @@ pub fn lock(path: &Path, mode: LockMode, wait: Wait) -> Result<LockGuard, Error>
             Wait::For(d) => d,
         };
         if waited >= limit {
+            // Reading /proc is slow: only worth it when someone waited.
+            let holders = if limit.is_zero() {
+                "held by another process".into()
+            } else {
+                describe_holders(path)
+            };
             return Err(Error::Busy {
                 path: path.to_path_buf(),
                 mode: mode.describe(),
                 waited,
-                holders: describe_holders(path),
+                holders,
             });
         }
         std::thread::sleep(delay.min(limit.saturating_sub(waited)));

@@ -24,8 +24,11 @@ use super::lock::{self, LockGuard, LockMode, Wait};
 use super::{Error, Repo, io_err, tempfile_in, write_file_atomic};
 
 const STAGING_PREFIX: &str = "depot-staging-";
-const NEW_STAGING_PREFIX: &str = "depot-new-";
-/// A half-created staging directory older than this is abandoned.
+/// Makes staging names unique within a process.
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const LOCK_SUFFIX: &str = ".lock";
+/// A staging directory without its lock file (something else deleted it)
+/// is abandoned once it is this old.
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// What a ref must hold for an update to apply (compare-and-swap).
@@ -57,6 +60,7 @@ pub struct RefUpdate {
 pub struct Transaction {
     repo: Repo,
     pub(super) staging: PathBuf,
+    lock_path: PathBuf,
     _staging_lock: LockGuard,
     _repo_lock: LockGuard,
 }
@@ -67,29 +71,31 @@ impl Transaction {
         let tmp = repo.path.join("tmp");
         clean_abandoned_staging(&tmp);
         let unique = format!(
-            "{}-{:x}",
+            "{}-{:x}-{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
+                .map_or(0, |d| d.as_nanos()),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let new_dir = tmp.join(format!("{NEW_STAGING_PREFIX}{unique}"));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&new_dir)
-            .map_err(io_err("create staging directory", &new_dir))?;
-        // Lock before the directory gets the name cleaners look for, so a
-        // cleaner never sees a live staging directory unlocked.
-        let staging_lock = lock::lock(
-            &new_dir.join(".lock"),
-            LockMode::Exclusive,
-            Wait::Immediately,
-        )?;
+        // The lock file exists, locked, before the directory does, so a
+        // cleaner never sees a live staging directory without a held lock.
+        let lock_path = tmp.join(format!("{STAGING_PREFIX}{unique}{LOCK_SUFFIX}"));
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock_path)
+            .map_err(io_err("create staging lock", &lock_path))?;
+        let staging_lock = lock::lock(&lock_path, LockMode::Exclusive, Wait::Immediately)?;
         let staging = tmp.join(format!("{STAGING_PREFIX}{unique}"));
-        fs::rename(&new_dir, &staging).map_err(io_err("rename staging directory", &staging))?;
+        if let Err(e) = fs::DirBuilder::new().mode(0o755).create(&staging) {
+            let _ = fs::remove_file(&lock_path);
+            return Err(io_err("create staging directory", &staging)(e));
+        }
         Ok(Transaction {
             repo: repo.clone(),
             staging,
+            lock_path,
             _staging_lock: staging_lock,
             _repo_lock: repo_lock,
         })
@@ -402,16 +408,22 @@ impl Transaction {
                 },
             }
         }
-        Ok(())
+        // New ref directories and deletions are durable too before we say so.
+        sync_fs(&repo.path.join("refs"))
     }
 }
 
 impl Drop for Transaction {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.staging) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!("could not remove {}: {e}", self.staging.display());
+        // The directory first, its lock file last (still locked).
+        match fs::remove_dir_all(&self.staging) {
+            Ok(()) => {
+                let _ = fs::remove_file(&self.lock_path);
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(&self.lock_path);
+            }
+            Err(e) => tracing::warn!("could not remove {}: {e}", self.staging.display()),
         }
     }
 }
@@ -432,8 +444,8 @@ fn sync_fs(dir: &Path) -> Result<(), Error> {
     nix::unistd::syncfs(&f).map_err(|e| io_err("syncfs", dir)(e.into()))
 }
 
-/// Removes staging directories whose owners are gone: their `.lock` can be
-/// taken. Half-created ones are removed once they are an hour old.
+/// Removes staging directories whose owners are gone: their lock file can be
+/// locked. A directory whose lock file is missing is removed once it is old.
 fn clean_abandoned_staging(tmp: &Path) {
     let Ok(entries) = fs::read_dir(tmp) else {
         return;
@@ -441,33 +453,41 @@ fn clean_abandoned_staging(tmp: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let path = entry.path();
-        let abandoned = if name.starts_with(STAGING_PREFIX) {
-            lock::lock(&path.join(".lock"), LockMode::Exclusive, Wait::Immediately).is_ok()
-        } else if let Some(rest) = name.strip_prefix(NEW_STAGING_PREFIX) {
-            // Not locked yet: its owner's pid is in the name. A pid can be
-            // reused, so a live one only protects it for a while.
-            let owner_alive = rest
-                .split('-')
-                .next()
-                .is_some_and(|pid| Path::new("/proc").join(pid).exists());
-            !owner_alive
-                || entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > ABANDONED_AFTER)
-        } else {
-            false
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
+            continue;
         };
-        if abandoned {
-            tracing::info!(
-                "removing {} left by an interrupted transaction",
-                path.display()
-            );
-            if let Err(e) = fs::remove_dir_all(&path) {
-                tracing::warn!("could not remove {}: {e}", path.display());
+        if let Some(unique) = rest.strip_suffix(LOCK_SUFFIX) {
+            let lock_path = entry.path();
+            // Opened without O_CREAT: a lock file that vanished meanwhile
+            // belongs to a transaction that just finished.
+            if let Ok(Some(_guard)) =
+                lock::lock_existing(&lock_path, LockMode::Exclusive, Wait::Immediately)
+            {
+                let dir = tmp.join(format!("{STAGING_PREFIX}{unique}"));
+                tracing::info!(
+                    "removing {} left by an interrupted transaction",
+                    dir.display()
+                );
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!("could not remove {}: {e}", dir.display());
+                        continue;
+                    }
+                }
+                let _ = fs::remove_file(&lock_path);
+            }
+        } else if !tmp.join(format!("{name}{LOCK_SUFFIX}")).exists() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > ABANDONED_AFTER);
+            if old {
+                tracing::info!("removing {}: its lock file is gone", entry.path().display());
+                let _ = fs::remove_dir_all(entry.path());
             }
         }
     }

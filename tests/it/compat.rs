@@ -131,8 +131,13 @@ fn ostree_fscks_and_checks_out_depot_commits() {
     assert_same_tree(&tree, &co, OSTREE_USER_MODE);
     // And depot's own checkout and cat agree.
     let co2 = tmp.path().join("co2");
-    ok(depot_in("checkout", &d).arg("proj/app/1").arg(&co2));
+    ok(depot_in("checkout", &d)
+        .args(["--full-metadata", "proj/app/1"])
+        .arg(&co2));
     assert_same_tree(&tree, &co2, full(tmp.path()));
+    let co3 = tmp.path().join("co3");
+    ok(depot_in("checkout", &d).arg("proj/app/1").arg(&co3));
+    assert_same_tree(&tree, &co3, depot_default(tmp.path()));
     let big = ok(depot_in("cat", &d).args(["proj/app/1", "/names/ünïcode"]));
     assert_eq!(big, "ünïcode");
     let out = tmp.path().join("big.out");
@@ -270,6 +275,63 @@ fn compression_level_comes_from_the_repository_config() {
         sizes[0],
         sizes[1]
     );
+}
+
+#[test]
+fn checkout_does_not_grant_privileges_unless_asked() {
+    let tmp = tempdir();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).expect("mkdir");
+    fs::write(tree.join("tool"), "#!/bin/sh\n").expect("write");
+    fs::set_permissions(
+        tree.join("tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o6755),
+    )
+    .expect("chmod");
+    let xattrs = xattrs_supported(tmp.path());
+    if xattrs {
+        xattr::set(tree.join("tool"), "user.note", b"kept").expect("user xattr");
+    }
+    // trusted.* needs CAP_SYS_ADMIN: set it where the test runs as root (CI does).
+    let trusted = xattr::set(tree.join("tool"), "trusted.depot-test", b"t").is_ok();
+    let d = tmp.path().join("d");
+    ok(depot().arg("init").arg(&d));
+    ok(depot_in("commit", &d).args(["--ref", "main"]).arg(&tree));
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).expect("stat").permissions())
+            & 0o7777
+    };
+    let (plain, full_co) = (tmp.path().join("plain"), tmp.path().join("full"));
+    ok(depot_in("checkout", &d).arg("main").arg(&plain));
+    ok(depot_in("checkout", &d)
+        .args(["main", "--full-metadata"])
+        .arg(&full_co));
+    assert_eq!(
+        mode(&plain.join("tool")),
+        0o755,
+        "setuid and setgid are cleared by default"
+    );
+    assert_eq!(
+        mode(&full_co.join("tool")),
+        0o6755,
+        "--full-metadata keeps them"
+    );
+    if xattrs {
+        assert_eq!(
+            xattr::get(plain.join("tool"), "user.note").expect("get"),
+            Some(b"kept".to_vec())
+        );
+    }
+    if trusted {
+        assert_eq!(
+            xattr::get(plain.join("tool"), "trusted.depot-test").expect("get"),
+            None
+        );
+        assert_eq!(
+            xattr::get(full_co.join("tool"), "trusted.depot-test").expect("get"),
+            Some(b"t".to_vec())
+        );
+    }
 }
 
 #[test]

@@ -24,24 +24,19 @@ fn small_repo(dir: &Path) -> std::path::PathBuf {
 /// Waits until /proc/locks shows an OFD lock of `kind` (READ or WRITE) on `path`.
 fn wait_for_ofd_lock(path: &Path, kind: &str) {
     let ino = fs::metadata(path).expect("stat lock").ino();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let locks = fs::read_to_string("/proc/locks").expect("read /proc/locks");
-        if locks.lines().any(|l| {
-            l.contains("OFDLCK")
-                && l.contains(kind)
-                && l.split_whitespace()
-                    .any(|w| w.ends_with(&format!(":{ino}")))
-        }) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no OFD {kind} lock appeared on {}:\n{locks}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let suffix = format!(":{ino}");
+    wait_until(
+        &format!("an OFD {kind} lock on {}", path.display()),
+        Duration::from_secs(10),
+        || {
+            let locks = fs::read_to_string("/proc/locks").expect("read /proc/locks");
+            locks.lines().any(|l| {
+                l.contains("OFDLCK")
+                    && l.contains(kind)
+                    && l.split_whitespace().any(|w| w.ends_with(&suffix))
+            })
+        },
+    );
 }
 
 #[test]
@@ -113,26 +108,68 @@ fn depot_waits_for_ostree_exclusive_lock_then_fails_clearly() {
         .arg(tmp.path().join("tree")));
 }
 
+/// `depot commit` under strace, killed by SIGKILL at the `when`-th `rename`
+/// of its main thread (or never, with `None`). Returns strace's output file.
+fn commit_under_strace(
+    repo: &Path,
+    tree: &Path,
+    when: Option<usize>,
+    trace: &Path,
+) -> std::process::Output {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o"])
+        .arg(trace)
+        .args(["-e", "trace=rename"]);
+    if let Some(k) = when {
+        cmd.args(["-e", &format!("inject=rename:signal=KILL:when={k}")]);
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_depot"))
+        .args(["commit", "--repo"])
+        .arg(repo)
+        .args(["--ref", "main"])
+        .arg(tree);
+    run(cmd)
+}
+
 #[test]
-fn a_killed_commit_leaves_nothing_and_is_cleaned_up() {
+fn a_commit_killed_at_any_step_leaves_a_valid_repository() {
     let tmp = tempdir();
     let repo_path = small_repo(tmp.path());
-    let main_before = read_ref(&repo_path, "main");
-    // A big tree, killed while it is being written.
-    let tree = tmp.path().join("big");
-    fs::create_dir_all(&tree).expect("mkdir");
-    for i in 0..400 {
-        let data: Vec<u8> = (0..50_000u32)
-            .map(|j| (j.wrapping_mul(i + 7) >> 3) as u8)
-            .collect();
-        fs::write(tree.join(format!("f{i}")), data).expect("write");
+    let tree = tmp.path().join("next");
+    fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    for i in 0..12 {
+        fs::write(tree.join(format!("f{i}")), format!("content {i}")).expect("write");
+        fs::write(tree.join("sub").join(format!("g{i}")), format!("more {i}")).expect("write");
     }
-    let mut child = depot_in("commit", &repo_path)
-        .args(["--ref", "main"])
-        .arg(&tree)
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // A dry run on a copy finds the main thread's renames: staging of the
+    // metadata, publishing every object, and last the ref.
+    let dry = tmp.path().join("dry");
+    ok(Command::new("cp").arg("-a").arg(&repo_path).arg(&dry));
+    let trace = tmp.path().join("trace");
+    assert!(
+        commit_under_strace(&dry, &tree, None, &trace)
+            .status
+            .success()
+    );
+    let text = fs::read_to_string(&trace).expect("trace");
+    let ref_line = text
+        .lines()
+        .find(|l| l.contains("refs/heads/main"))
+        .expect("the ref is renamed into place");
+    let main_pid = ref_line.split_whitespace().next().expect("pid");
+    let main_renames: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(main_pid) && l.contains("rename("))
+        .collect();
+    let n = main_renames.len();
+    let publish_start = main_renames
+        .iter()
+        .position(|l| l.contains("/objects/"))
+        .expect("objects are published");
+    // Kill: while staging, at the first publish, mid-publish, at the commit
+    // object's publish, and at the ref write.
+    let points = [1, publish_start + 1, publish_start.midpoint(n), n - 1, n];
+    let before = read_ref(&repo_path, "main");
     let staging = |repo: &Path| -> Vec<String> {
         fs::read_dir(repo.join("tmp"))
             .expect("tmp")
@@ -141,28 +178,35 @@ fn a_killed_commit_leaves_nothing_and_is_cleaned_up() {
             .filter(|n| n.starts_with("depot-"))
             .collect()
     };
-    while staging(&repo_path).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
-    // Whatever the moment of the kill: both tools find the repository valid,
-    // and the ref is either unchanged or at a complete commit.
-    ok(ostree_in(&repo_path).arg("fsck"));
-    ok(depot_in("fsck", &repo_path));
-    let after = read_ref(&repo_path, "main");
-    if after != main_before {
-        ok(ostree_in(&repo_path)
+    for k in points {
+        // Every kill starts from the same repository.
+        let copy = tmp.path().join(format!("kill-{k}"));
+        ok(Command::new("cp").arg("-a").arg(&repo_path).arg(&copy));
+        let out = commit_under_strace(&copy, &tree, Some(k), &trace);
+        assert!(
+            !out.status.success(),
+            "the commit was not killed at rename {k} of {n}"
+        );
+        assert_eq!(
+            read_ref(&copy, "main"),
+            before,
+            "killed at rename {k} of {n}, yet the ref moved"
+        );
+        ok(ostree_in(&copy).arg("fsck"));
+        ok(depot_in("fsck", &copy));
+        // What the killed run left goes with the next transaction.
+        assert!(
+            !staging(&copy).is_empty(),
+            "a run killed at rename {k} leaves its staging behind"
+        );
+        ok(depot_in("commit", &copy).args(["--ref", "main"]).arg(&tree));
+        assert!(
+            staging(&copy).is_empty(),
+            "leftovers after rename {k}: {:?}",
+            staging(&copy)
+        );
+        ok(ostree_in(&copy)
             .args(["checkout", "-U", "main"])
-            .arg(tmp.path().join("co")));
+            .arg(tmp.path().join(format!("co-{k}"))));
     }
-    // The next transaction removes what the killed one left behind.
-    ok(depot_in("commit", &repo_path)
-        .args(["--ref", "again"])
-        .arg(tmp.path().join("tree")));
-    assert!(
-        staging(&repo_path).is_empty(),
-        "leftovers: {:?}",
-        staging(&repo_path)
-    );
 }

@@ -11,6 +11,8 @@ mod locking;
 mod negative;
 /// Random trees committed by both tools.
 mod property;
+/// The receiver's session, frame by frame, in process.
+mod receive_session;
 /// Repositories that ostree wrote, read by depot.
 mod reverse;
 mod util;

@@ -222,7 +222,8 @@ fn wrong_filez_size_is_reported() {
     // Only a pull into a bare-user repository catches this in ostree.
     let server = HttpServer::serve(&f.repo, &f.dir);
     let client = ostree_client(&f.dir.join("client"), "bare-user", &server.url);
-    fails(ostree_in(&client).args(["pull", "origin", "main"]));
+    let err = fails(ostree_in(&client).args(["pull", "origin", "main"]));
+    assert!(err.contains("Unexpected EOF"), "{err}");
     let err = fails(depot_in("cat", &f.repo).args(["main", "/a"]));
     assert!(err.contains("header says 4"), "{err}");
     fsck_reports(&f.repo, &file.to_string()[2..], "header says 4");

@@ -66,7 +66,7 @@ proptest! {
         subject in "[ -~]{0,20}",
         ts in 0u64..4_000_000_000,
         bind in any::<bool>(),
-        version in prop::option::of("[0-9.]{1,6}"),
+        metadata in prop::collection::vec((prop::sample::select(vec!["version", "ci.job", "a", "zz"]), "[a-z0-9 ]{0,6}"), 0..5),
     ) {
         let tmp = tempdir();
         let tree = tmp.path().join("tree");
@@ -85,9 +85,10 @@ proptest! {
             oc.arg("--no-bindings");
             dc.arg("--no-bind");
         }
-        if let Some(v) = &version {
-            oc.arg(format!("--add-metadata-string=version={v}"));
-            dc.arg("--add-metadata-string").arg(format!("version={v}"));
+        // Keys may repeat: ostree keeps every pair, in order.
+        for (k, v) in &metadata {
+            oc.arg(format!("--add-metadata-string={k}={v}"));
+            dc.arg("--add-metadata-string").arg(format!("{k}={v}"));
         }
         let a = ok(oc.arg(&tree));
         let b = ok(dc.arg(&tree));

@@ -52,9 +52,12 @@ fn depot_reads_what_ostree_wrote() {
         "hello\n"
     );
 
-    // Checkouts agree with ostree's own, xattrs included.
+    // Checkouts agree with ostree's own (which sets no xattrs and no setuid
+    // bits), and --full-metadata restores everything the source had.
     let (dco, oco) = (tmp.path().join("dco"), tmp.path().join("oco"));
-    ok(depot_in("checkout", &o).arg("release/v1").arg(&dco));
+    ok(depot_in("checkout", &o)
+        .args(["--full-metadata", "release/v1"])
+        .arg(&dco));
     ok(ostree_in(&o)
         .args(["checkout", "-U", "release/v1"])
         .arg(&oco));

@@ -157,29 +157,38 @@ pub fn rich_tree(root: &Path) {
 pub struct Fidelity {
     /// Permission bits compared.
     pub mode_mask: u32,
-    /// Compare extended attributes.
-    pub xattrs: bool,
+    /// Compare the extended attributes whose names start with this
+    /// (`""`: all of them); `None`: do not compare them.
+    pub xattrs: Option<&'static str>,
 }
 
-/// Everything depot restores: all permission bits, and xattrs where the file
-/// system keeps them.
+/// Everything `depot checkout --full-metadata` restores: all permission
+/// bits, and every xattr where the file system keeps them.
 pub fn full(dir: &Path) -> Fidelity {
     Fidelity {
         mode_mask: 0o7777,
-        xattrs: xattrs_supported(dir),
+        xattrs: xattrs_supported(dir).then_some(""),
+    }
+}
+
+/// What a default `depot checkout` restores: no setuid/setgid bits, only
+/// `user.*` xattrs.
+pub fn depot_default(dir: &Path) -> Fidelity {
+    Fidelity {
+        mode_mask: 0o1777,
+        xattrs: xattrs_supported(dir).then_some("user."),
     }
 }
 
 /// What `ostree checkout -U` restores: no setuid/setgid bits, no xattrs.
 pub const OSTREE_USER_MODE: Fidelity = Fidelity {
     mode_mask: 0o1777,
-    xattrs: false,
+    xattrs: None,
 };
 
 /// What a tree looks like, path by path: kind, permission bits, content or
 /// link target, and (when asked) xattrs.
 pub fn snapshot(root: &Path, fidelity: Fidelity) -> BTreeMap<String, String> {
-    let with_xattrs = fidelity.xattrs;
     let mut out = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
         let entry = entry.expect("walk");
@@ -211,12 +220,15 @@ pub fn snapshot(root: &Path, fidelity: Fidelity) -> BTreeMap<String, String> {
                 data.len()
             )
         };
-        if with_xattrs && !ft.is_symlink() {
+        if let Some(prefix) = fidelity.xattrs.filter(|_| !ft.is_symlink()) {
             let mut names: Vec<_> = xattr::list(entry.path())
                 .map(Iterator::collect)
                 .unwrap_or_default();
             names.sort();
-            for n in names {
+            for n in names
+                .into_iter()
+                .filter(|n| n.to_string_lossy().starts_with(prefix))
+            {
                 let v = xattr::get(entry.path(), &n)
                     .ok()
                     .flatten()
@@ -356,4 +368,17 @@ pub fn ostree_client(path: &Path, mode: &str, url: &str) -> PathBuf {
     ok(ostree_in(path).args(["init", &format!("--mode={mode}")]));
     ok(ostree_in(path).args(["remote", "add", "--no-gpg-verify", "origin", url]));
     path.to_path_buf()
+}
+
+/// Polls `done` every 10 ms until it holds; fails the test naming `what`
+/// after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

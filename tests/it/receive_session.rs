@@ -1,0 +1,532 @@
+//! The receiver's session, driven frame by frame from a raw client over an
+//! in-memory pipe: the cases an end-to-end test can only hit by luck (a ref
+//! moving between `accepted` and `done`) become deterministic here.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use depot::checksum::Checksum;
+use depot::commit;
+use depot::object::{ObjectName, ObjectType};
+use depot::protocol::{ErrorCode, FrameReader, FrameWriter, Incoming, Message, RefChange};
+use depot::receive::{Policy, serve};
+use depot::refname::RefName;
+use depot::repo::{Expected, RefUpdate, Repo};
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+use crate::util::*;
+
+struct Client {
+    r: FrameReader<ReadHalf<DuplexStream>>,
+    w: FrameWriter<WriteHalf<DuplexStream>>,
+    server: tokio::task::JoinHandle<Result<depot::receive::Report, depot::receive::Failure>>,
+}
+
+fn policy(repo: &Path, state: &Path, allow: &[&str]) -> Policy {
+    Policy {
+        repo: repo.to_path_buf(),
+        allow_refs: allow.iter().map(|p| p.parse().expect("pattern")).collect(),
+        key_id: "test".into(),
+        max_object_size: 1 << 30,
+        max_push_size: 1 << 32,
+        min_free_space: 0,
+        allow_non_fast_forward: false,
+        state_dir: state.to_path_buf(),
+    }
+}
+
+impl Client {
+    fn start(policy: Policy) -> Client {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (sr, sw) = tokio::io::split(server);
+        let server = tokio::spawn(async move { serve(&policy, sr, sw).await });
+        let (cr, cw) = tokio::io::split(client);
+        Client {
+            r: FrameReader::new(cr),
+            w: FrameWriter::new(cw),
+            server,
+        }
+    }
+
+    async fn send(&mut self, m: Message) {
+        self.w.send(&m).await.expect("send");
+        self.w.flush().await.expect("flush");
+    }
+
+    async fn recv(&mut self) -> Message {
+        match self.r.read().await.expect("read") {
+            Some(Incoming::Message(m)) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    async fn hello(&mut self, min: u32, max: u32) -> Message {
+        self.send(Message::Hello {
+            magic: "depot-push".into(),
+            min_version: min,
+            max_version: max,
+            software: "test".into(),
+            capabilities: vec![],
+        })
+        .await;
+        self.recv().await
+    }
+
+    async fn send_object(&mut self, name: &ObjectName, data: &[u8]) {
+        self.w.send_object(name, data).await.expect("send object");
+    }
+
+    /// The error the server ends with.
+    async fn error(&mut self) -> (ErrorCode, String) {
+        match self.recv().await {
+            Message::Error { code, message } => (code, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+/// A server repository plus a scratch repository where the test builds
+/// commits whose objects it then sends by hand.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    server: PathBuf,
+    scratch: Repo,
+}
+
+fn setup() -> Setup {
+    let tmp = tempdir();
+    let dir = tmp.path().to_path_buf();
+    let server = dir.join("server");
+    Repo::init(&server).expect("init server");
+    let scratch = Repo::init(&dir.join("scratch")).expect("init scratch");
+    Setup {
+        _tmp: tmp,
+        dir,
+        server,
+        scratch,
+    }
+}
+
+impl Setup {
+    /// Commits a tree of `files` into the scratch repo with `parent`; returns the commit.
+    fn commit(&self, files: &[(&str, &str)], parent: Option<Checksum>) -> Checksum {
+        let tree = self.dir.join(format!("tree-{}", rand_suffix()));
+        fs::create_dir_all(&tree).expect("mkdir");
+        for (n, c) in files {
+            fs::write(tree.join(n), c).expect("write");
+        }
+        let opts = commit::Options {
+            ref_name: None,
+            subject: "s".into(),
+            timestamp: Some(1_600_000_000),
+            parent: parent.map_or(commit::Parent::None, commit::Parent::Commit),
+            ..commit::Options::default()
+        };
+        commit::commit_dir(&self.scratch, &tree, &opts)
+            .expect("commit")
+            .commit
+    }
+
+    /// Every object of `commit` in the scratch repo, commit last.
+    fn objects(&self, commit: &Checksum) -> Vec<(ObjectName, Vec<u8>)> {
+        let c = self.scratch.load_commit(commit).expect("load");
+        let mut out = Vec::new();
+        let mut stack = vec![(c.root_tree, c.root_meta)];
+        while let Some((t, m)) = stack.pop() {
+            let tree = self.scratch.load_dirtree(&t).expect("tree");
+            for (_, f) in tree.files() {
+                out.push(ObjectName::new(*f, ObjectType::File));
+            }
+            for d in tree.dirs() {
+                stack.push((d.tree, d.meta));
+            }
+            out.push(ObjectName::new(t, ObjectType::DirTree));
+            out.push(ObjectName::new(m, ObjectType::DirMeta));
+        }
+        out.push(ObjectName::new(*commit, ObjectType::Commit));
+        out.sort();
+        out.dedup();
+        out.sort_by_key(|n| n.kind == ObjectType::Commit);
+        out.into_iter()
+            .map(|n| {
+                (
+                    n,
+                    fs::read(self.scratch.object_path(&n)).expect("read object"),
+                )
+            })
+            .collect()
+    }
+
+    fn set_server_ref(&self, name: &str, commit: &Checksum) {
+        // Publish the commit's objects on the server, then move the ref.
+        let repo = Repo::open(&self.server).expect("open");
+        let tx = repo.begin().expect("begin");
+        for (n, data) in self.objects(commit) {
+            let p = repo.object_path(&n);
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            fs::write(p, data).expect("write");
+        }
+        tx.commit(&[RefUpdate {
+            name: name.parse().expect("ref"),
+            expected: Expected::Any,
+            new: Some(*commit),
+        }])
+        .expect("set ref");
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+fn r(s: &str) -> RefName {
+    s.parse().expect("ref")
+}
+
+/// Runs the whole happy path for `commit` up to `accepted` and the
+/// negotiation; returns the missing objects.
+async fn accept_and_negotiate(
+    c: &mut Client,
+    s: &Setup,
+    name: &str,
+    old: Option<Checksum>,
+    commit: Checksum,
+) -> Vec<(ObjectName, Vec<u8>)> {
+    assert!(matches!(
+        c.hello(1, 1).await,
+        Message::Welcome { version: 1, .. }
+    ));
+    c.send(Message::Update {
+        updates: vec![RefChange {
+            name: r(name),
+            old,
+            new: commit,
+        }],
+    })
+    .await;
+    assert_eq!(c.recv().await, Message::Accepted {});
+    let objects = s.objects(&commit);
+    c.send(Message::Want {
+        objects: objects.iter().map(|(n, _)| *n).collect(),
+    })
+    .await;
+    let Message::Missing { objects: missing } = c.recv().await else {
+        panic!("missing")
+    };
+    objects
+        .into_iter()
+        .filter(|(n, _)| missing.contains(n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_moving_during_the_push_is_a_conflict_and_nothing_changes() {
+    let s = setup();
+    let base = s.commit(&[("a", "1")], None);
+    s.set_server_ref("main", &base);
+    let mine = s.commit(&[("a", "2")], Some(base));
+    let theirs = s.commit(&[("a", "3")], Some(base));
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "main", Some(base), mine).await;
+    // Someone else moves the ref after our update was accepted.
+    s.set_server_ref("main", &theirs);
+    for (n, d) in &missing {
+        c.send_object(n, d).await;
+    }
+    c.send(Message::Done {}).await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Conflict, "{msg}");
+    assert!(
+        msg.contains("moved") && msg.contains(&theirs.to_string()),
+        "{msg}"
+    );
+    assert_eq!(read_ref(&s.server, "main"), theirs.to_string());
+    assert!(c.server.await.expect("join").is_err());
+    ok(ostree_in(&s.server).arg("fsck"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_old_value_is_refused_before_any_object() {
+    let s = setup();
+    let base = s.commit(&[("a", "1")], None);
+    s.set_server_ref("main", &base);
+    let mine = s.commit(&[("a", "2")], None);
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    c.hello(1, 1).await;
+    c.send(Message::Update {
+        updates: vec![RefChange {
+            name: r("main"),
+            old: None,
+            new: mine,
+        }],
+    })
+    .await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Conflict);
+    assert!(
+        msg.contains("main") && msg.contains(&base.to_string()),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_is_checked_before_any_object_is_taken() {
+    let s = setup();
+    let commit = s.commit(&[("a", "1")], None);
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["proj/*"]));
+    c.hello(1, 1).await;
+    c.send(Message::QueryRefs {
+        refs: vec![r("proj/x"), r("other/x"), r("proj/a/b")],
+    })
+    .await;
+    let Message::Refs { refs } = c.recv().await else {
+        panic!("refs")
+    };
+    assert_eq!(
+        refs.iter().map(|s| s.writable).collect::<Vec<_>>(),
+        [true, false, false]
+    );
+    assert!(
+        refs[1]
+            .reason
+            .as_deref()
+            .is_some_and(|m| m.contains("other/x") && m.contains("proj/*"))
+    );
+    c.send(Message::Update {
+        updates: vec![RefChange {
+            name: r("other/x"),
+            old: None,
+            new: commit,
+        }],
+    })
+    .await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Forbidden, "{msg}");
+    // An object before `accepted` is refused too.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["proj/*"]));
+    c.hello(1, 1).await;
+    let (n, d) = s.objects(&commit).remove(0);
+    c.send_object(&n, &d).await;
+    c.w.flush().await.expect("flush");
+    assert_eq!(c.error().await.0, ErrorCode::Forbidden);
+    assert!(object_files(&s.server).is_empty());
+    // No --allow-ref at all: nothing may be written, and the message says so.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &[]));
+    c.hello(1, 1).await;
+    c.send(Message::Update {
+        updates: vec![RefChange {
+            name: r("main"),
+            old: None,
+            new: commit,
+        }],
+    })
+    .await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(msg.contains("no --allow-ref"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_objects_and_protocol_errors_publish_nothing() {
+    // What to do to the missing objects, the code expected, words expected.
+    type Tamper = fn(&mut Vec<(ObjectName, Vec<u8>)>);
+    let s = setup();
+    let commit = s.commit(&[("a", "1"), ("b", "2")], None);
+    let cases: Vec<(&str, Tamper, ErrorCode, &str)> = vec![
+        (
+            "flipped dirtree byte",
+            |o| {
+                o.iter_mut()
+                    .find(|(n, _)| n.kind == ObjectType::DirTree)
+                    .expect("tree")
+                    .1[0] ^= 1;
+            },
+            ErrorCode::BadObject,
+            "hashes to",
+        ),
+        (
+            "flipped content byte",
+            |o| {
+                let d = &mut o
+                    .iter_mut()
+                    .find(|(n, _)| n.kind == ObjectType::File)
+                    .expect("file")
+                    .1;
+                let last = d.len() - 1;
+                d[last] ^= 0x55;
+            },
+            ErrorCode::BadObject,
+            "object",
+        ),
+        (
+            "truncated content",
+            |o| {
+                o.iter_mut()
+                    .find(|(n, _)| n.kind == ObjectType::File)
+                    .expect("file")
+                    .1
+                    .pop();
+            },
+            ErrorCode::BadObject,
+            "object",
+        ),
+        (
+            "unrequested object",
+            |o| {
+                o.push((
+                    ObjectName::new(Checksum::from_array([7; 32]), ObjectType::DirMeta),
+                    vec![0; 12],
+                ));
+            },
+            ErrorCode::Protocol,
+            "not asked for",
+        ),
+        (
+            "commit without its tree",
+            |o| o.retain(|(n, _)| n.kind != ObjectType::DirTree),
+            ErrorCode::Incomplete,
+            "incomplete",
+        ),
+        (
+            "object sent twice",
+            |o| {
+                let first = o[0].clone();
+                o.push(first);
+            },
+            ErrorCode::Protocol,
+            "sent twice",
+        ),
+    ];
+    for (what, tamper, code, words) in cases {
+        let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+        let mut missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+        tamper(&mut missing);
+        for (n, d) in &missing {
+            if c.w.send_object(n, d).await.is_err() {
+                break;
+            }
+        }
+        let _ = c.w.send(&Message::Done {}).await;
+        let _ = c.w.flush().await;
+        let (got, msg) = c.error().await;
+        assert_eq!(got, code, "{what}: {msg}");
+        assert!(msg.contains(words), "{what}: {msg}");
+        assert!(
+            object_files(&s.server).is_empty(),
+            "{what}: objects were published"
+        );
+        assert!(
+            Repo::open(&s.server)
+                .expect("open")
+                .read_ref(&r("main"))
+                .expect("read")
+                .is_none()
+        );
+    }
+    // The same objects, untampered, go through.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    for (n, d) in &missing {
+        c.send_object(n, d).await;
+    }
+    c.send(Message::Done {}).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
+    assert_eq!(read_ref(&s.server, "main"), commit.to_string());
+    ok(ostree_in(&s.server).arg("fsck"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_fast_forward_is_refused_unless_allowed() {
+    let s = setup();
+    let base = s.commit(&[("a", "1")], None);
+    s.set_server_ref("main", &base);
+    let unrelated = s.commit(&[("a", "9")], None);
+    for allow in [false, true] {
+        let mut p = policy(&s.server, &s.dir.join("state"), &["**"]);
+        p.allow_non_fast_forward = allow;
+        let mut c = Client::start(p);
+        let old = Repo::open(&s.server)
+            .expect("open")
+            .read_ref(&r("main"))
+            .expect("read");
+        let missing = accept_and_negotiate(&mut c, &s, "main", old, unrelated).await;
+        for (n, d) in &missing {
+            c.send_object(n, d).await;
+        }
+        c.send(Message::Done {}).await;
+        let reply = c.recv().await;
+        if allow {
+            assert!(matches!(reply, Message::Result { .. }), "{reply:?}");
+            assert_eq!(read_ref(&s.server, "main"), unrelated.to_string());
+        } else {
+            let Message::Error { code, message } = reply else {
+                panic!("{reply:?}")
+            };
+            assert_eq!(code, ErrorCode::NonFastForward, "{message}");
+            assert_eq!(read_ref(&s.server, "main"), base.to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_negotiated() {
+    let s = setup();
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let Message::Error { code, message } = c.hello(99, 99).await else {
+        panic!("error")
+    };
+    assert_eq!(code, ErrorCode::UnsupportedVersion);
+    assert!(
+        message.contains("1 to 1") && message.contains("99 to 99"),
+        "{message}"
+    );
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    assert!(
+        matches!(c.hello(1, 7).await, Message::Welcome { version: 1, .. }),
+        "the highest common version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_leaves_an_audit_record() {
+    let s = setup();
+    let commit = s.commit(&[("a", "1")], None);
+    let state = s.dir.join("state");
+    let mut c = Client::start(policy(&s.server, &state, &["proj/**"]));
+    c.hello(1, 1).await;
+    c.send(Message::Update {
+        updates: vec![RefChange {
+            name: r("nope"),
+            old: None,
+            new: commit,
+        }],
+    })
+    .await;
+    c.error().await;
+    let _ = c.server.await;
+    let mut c = Client::start(policy(&s.server, &state, &["proj/**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "proj/a/b", None, commit).await;
+    for (n, d) in &missing {
+        c.send_object(n, d).await;
+    }
+    c.send(Message::Done {}).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
+    let _ = c.server.await;
+    let lines: Vec<serde_json::Value> = fs::read_to_string(state.join("audit.jsonl"))
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["outcome"], "forbidden");
+    assert_eq!(lines[0]["objects"], 0);
+    assert_eq!(lines[1]["outcome"], "ok");
+    assert_eq!(lines[1]["key_id"], "test");
+    assert_eq!(lines[1]["refs"][0]["ref"], "proj/a/b");
+    assert_eq!(lines[1]["refs"][0]["new"], commit.to_string());
+    assert_eq!(lines[1]["objects"], missing.len() as u64);
+    assert!(state.join("refs-changed").exists());
+}

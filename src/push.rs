@@ -40,8 +40,8 @@ use crate::repo::{self, Repo};
 const IN_MEMORY_LIMIT: u64 = 4 * 1024 * 1024;
 /// Objects compressed ahead of the writer.
 const QUEUE_DEPTH: usize = 8;
-/// Compression level for pushed objects (ostree's default).
-const ZLIB_LEVEL: u32 = 6;
+/// Compression level when the server does not say (ostree's default).
+const DEFAULT_ZLIB_LEVEL: u32 = 6;
 
 /// Where to push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -593,8 +593,15 @@ async fn session(
     if let Err(e) = writer.flush().await {
         return Err(reason_for_hangup(reader, e.to_string()).await);
     }
-    let limits = match expect_reply(reader).await? {
-        Message::Welcome { limits, .. } => limits,
+    let (limits, zlib_level) = match expect_reply(reader).await? {
+        Message::Welcome {
+            limits, zlib_level, ..
+        } => (
+            limits,
+            zlib_level
+                .filter(|l| (1..=9).contains(l))
+                .unwrap_or(DEFAULT_ZLIB_LEVEL),
+        ),
         m => return Err(unexpected(&m, "welcome")),
     };
     let states: Vec<RefState> = match expect_reply(reader).await? {
@@ -675,6 +682,7 @@ async fn session(
         &local,
         &to_send,
         limits.max_object_size,
+        zlib_level,
         writer,
         opts.progress,
     )
@@ -730,20 +738,19 @@ async fn negotiate(
     }
     while !level.is_empty() {
         level.retain(|n| asked.insert(*n));
-        let batches: Vec<&[ObjectName]> = level.chunks(MAX_BATCH).collect();
-        for batch in &batches {
+        let mut next = Vec::new();
+        // One batch in flight: the reply to a big batch can fill the pipe,
+        // and a client still writing its next batch would never read it.
+        for batch in level.chunks(MAX_BATCH) {
             writer
                 .send(&Message::Want {
                     objects: batch.to_vec(),
                 })
                 .await
                 .map_err(transport)?;
-        }
-        if let Err(e) = writer.flush().await {
-            return Err(reason_for_hangup(reader, e.to_string()).await);
-        }
-        let mut next = Vec::new();
-        for batch in batches {
+            if let Err(e) = writer.flush().await {
+                return Err(reason_for_hangup(reader, e.to_string()).await);
+            }
             let missing = match expect_reply(reader).await? {
                 Message::Missing { objects } => objects,
                 m => return Err(unexpected(&m, "missing")),
@@ -781,6 +788,7 @@ fn produce(
     local: &Local,
     name: &ObjectName,
     max_object_size: u64,
+    zlib_level: u32,
     buf: &mut Vec<u8>,
 ) -> Result<Payload, Error> {
     match local {
@@ -807,13 +815,7 @@ fn produce(
                 .get(&name.checksum)
                 .ok_or_else(|| Error::Local(format!("object {name} is not in the tree")))?;
             let entry: &FileEntry = &t.scan.files[index];
-            let hashed = commit::hash_entry(entry, t.no_xattrs, buf)?;
-            if hashed.checksum != name.checksum {
-                return Err(repo::Error::ChangedWhileReading {
-                    path: entry.path.clone(),
-                }
-                .into());
-            }
+            let header = entry.header(t.no_xattrs)?;
             let changed = || {
                 Error::from(repo::Error::ChangedWhileReading {
                     path: entry.path.clone(),
@@ -821,23 +823,33 @@ fn produce(
             };
             let local_err =
                 |e: std::io::Error| Error::Local(format!("compress {}: {e}", entry.path.display()));
-            let payload = if hashed.in_buffer {
-                let mut out = Vec::with_capacity(buf.len() / 2 + 256);
-                let (sum, n) =
-                    write_filez(&hashed.header, entry.size, &buf[..], ZLIB_LEVEL, &mut out)
-                        .map_err(local_err)?;
+            // One read: write_filez hashes what it compresses, and a source
+            // that changed since it was hashed shows as a different checksum
+            // or length (reading at most one byte past the expected size).
+            let source: Box<dyn Read> = if entry.symlink_target.is_some() {
+                Box::new(std::io::empty())
+            } else {
+                Box::new(
+                    File::open(&entry.path)
+                        .map_err(local_err)?
+                        .take(entry.size + 1),
+                )
+            };
+            let payload = if entry.size <= IN_MEMORY_LIMIT {
+                buf.clear();
+                let (sum, n) = write_filez(&header, entry.size, source, zlib_level, &mut *buf)
+                    .map_err(local_err)?;
                 if sum != name.checksum || n != entry.size {
                     return Err(changed());
                 }
-                Payload::Memory(out)
+                Payload::Memory(std::mem::take(buf))
             } else {
-                let src = File::open(&entry.path).map_err(local_err)?;
                 let mut spool = tempfile::tempfile().map_err(local_err)?;
                 let (sum, n) = write_filez(
-                    &hashed.header,
+                    &header,
                     entry.size,
-                    src,
-                    ZLIB_LEVEL,
+                    source,
+                    zlib_level,
                     std::io::BufWriter::new(&mut spool),
                 )
                 .map_err(local_err)?;
@@ -872,6 +884,7 @@ async fn send_objects(
     local: &Arc<Local>,
     to_send: &[ObjectName],
     max_object_size: u64,
+    zlib_level: u32,
     writer: &mut Writer,
     show_progress: bool,
 ) -> Result<(u64, u64), Error> {
@@ -893,10 +906,11 @@ async fn send_objects(
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                let item = produce(&local, name, max_object_size, buf).map(|payload| Ready {
-                    name: *name,
-                    payload,
-                });
+                let item =
+                    produce(&local, name, max_object_size, zlib_level, buf).map(|payload| Ready {
+                        name: *name,
+                        payload,
+                    });
                 if item.is_err() || tx.blocking_send(item).is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }

@@ -311,6 +311,7 @@ where
             software: format!("depot-receive {}", env!("CARGO_PKG_VERSION")),
             capabilities: Vec::new(),
             limits: policy.limits(),
+            zlib_level: Some(repo.zlib_level()),
         })
         .await?;
     writer.flush().await?;
@@ -399,6 +400,7 @@ where
     let mut expected: HashSet<ObjectName> = HashSet::new();
     let mut remaining: u64 = 0;
     let mut next_space_check = 64 * 1024 * 1024u64;
+    let receiving = Instant::now();
     let received = loop {
         let frame = reader.read().await?;
         let forwarded = match frame {
@@ -482,10 +484,18 @@ where
         }
     };
     drop(sink_tx);
+    let verify_wait = Instant::now();
     let sink_result = sink
         .await
         .map_err(|e| Failure::new(ErrorCode::Internal, format!("verifier failed: {e}")))?;
     sink_result?;
+    tracing::info!(
+        objects = report.objects,
+        bytes = report.bytes,
+        "received and verified in {:.2?} (waited {:.2?} for the verifier after done)",
+        receiving.elapsed(),
+        verify_wait.elapsed()
+    );
     if !received {
         return Err(Failure::new(
             ErrorCode::Internal,
@@ -525,7 +535,9 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
             ),
             other => other.into(),
         })?;
+        let closure = Instant::now();
         tx.check_closure(&u.new)?;
+        tracing::info!("closure of {} checked in {:.2?}", u.new, closure.elapsed());
         if let Some(old) = u.old
             && !allow_non_ff
             && !tx.is_ancestor(&old, &u.new)?
@@ -548,7 +560,9 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
             new: Some(u.new),
         })
         .collect();
+    let publish = Instant::now();
     tx.commit(&ref_updates)?;
+    tracing::info!("published and refs moved in {:.2?}", publish.elapsed());
     Ok(())
 }
 

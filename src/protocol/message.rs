@@ -118,6 +118,10 @@ pub enum Message {
         capabilities: Vec<String>,
         /// The server's limits.
         limits: Limits,
+        /// The zlib level the repository stores content at (its `[archive]
+        /// zlib-level`); clients compress what they send at this level.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zlib_level: Option<u32>,
     },
     /// C→S: the current state of these refs, and whether they may be written.
     QueryRefs {

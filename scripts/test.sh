@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check and test depot has. On a fresh Debian machine it first
 # installs what the tests drive for real: the ostree CLI (the oracle for the
-# format), strace (to hold ostree's lock in the lock tests) and python3 (a
-# static HTTP server for pull tests) and python3-gi (GLib as the oracle
-# for GVariant normal form).
+# format), strace (to hold ostree's lock in the lock tests), python3 (a
+# static HTTP server for pull tests; the stream-mangling ssh wrapper of the
+# push tests), python3-gi (GLib as the oracle for GVariant normal form),
+# openssh-server and openssh-client (the push tests run a real sshd) and
+# time (/usr/bin/time measures depot-receive's peak memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,9 @@ command -v strace >/dev/null || need+=(strace)
 command -v python3 >/dev/null || need+=(python3)
 # GLib itself, through Debian's Python, judges the GVariant codec.
 /usr/bin/python3 -c 'import gi' 2>/dev/null || need+=(python3-gi)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+{ command -v ssh && command -v ssh-keygen; } >/dev/null || need+=(openssh-client)
+[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   sudo=""
@@ -24,3 +29,4 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins

@@ -754,3 +754,62 @@ mod tests {
         }
     }
 }
+
+/// depot-summary: regenerates the repository's `summary`, `index.json` and
+/// `index.html` when a ref changed (run it from cron, a systemd timer or a
+/// path unit). Exit codes: 0 done or nothing to do; 1 failure.
+#[derive(Debug, Parser)]
+#[command(name = "depot-summary", version, max_term_width = 100)]
+pub struct SummaryCli {
+    /// The repository.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Regenerate even if no ref changed.
+    #[arg(long)]
+    pub force: bool,
+    /// Private state (commit cache, fingerprint); never inside the repository.
+    /// Default: $XDG_STATE_HOME/depot or ~/.local/state/depot.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The whole of `depot-summary`'s `main`.
+pub fn summary_main() -> i32 {
+    init_tracing();
+    let args = SummaryCli::parse();
+    let run = || -> Result<crate::summary::Outcome> {
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or_else(default_state_dir)
+            .context("no --state-dir given and neither XDG_STATE_HOME nor HOME is set")?;
+        let repo = Repo::open(&args.repo)?;
+        Ok(crate::summary::update(
+            &repo,
+            &crate::summary::Options {
+                force: args.force,
+                state_dir,
+            },
+        )?)
+    };
+    match run() {
+        Ok(outcome) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+            } else if outcome.written {
+                eprintln!("summary written: {} refs", outcome.refs);
+                for (r, why) in &outcome.skipped {
+                    eprintln!("left out {r}: {why}");
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

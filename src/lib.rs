@@ -30,6 +30,7 @@ pub mod read;
 pub mod receive;
 pub mod refname;
 pub mod repo;
+pub mod summary;
 pub mod timefmt;
 
 /// Renders an error with its causes, `outer: inner: innermost`, for places

@@ -161,6 +161,7 @@ pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Er
 #[derive(Debug, Clone)]
 pub struct Repo {
     path: PathBuf,
+    mode: String,
     zlib_level: u32,
     lock_timeout: Duration,
 }
@@ -250,6 +251,7 @@ impl Repo {
         }
         Ok(Repo {
             path: path.to_path_buf(),
+            mode: mode.to_string(),
             zlib_level,
             lock_timeout,
         })
@@ -261,6 +263,11 @@ impl Repo {
     /// The repository's directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `core.mode` as the config spells it (`archive-z2` or `archive`).
+    pub fn mode(&self) -> &str {
+        &self.mode
     }
 
     /// The compression level for new `.filez` objects.

@@ -15,4 +15,6 @@ mod property;
 mod receive_session;
 /// Repositories that ostree wrote, read by depot.
 mod reverse;
+/// depot-summary against ostree summary -u.
+mod summary;
 mod util;

@@ -169,7 +169,7 @@ pub struct Outcome {
 #[non_exhaustive]
 pub enum Error {
     /// The server's policy refused the push (exit 3).
-    #[error("refused by the server ({code:?}): {message}")]
+    #[error("refused by the server ({}): {message}", code.as_str())]
     Refused {
         /// The server's code.
         code: ErrorCode,
@@ -213,7 +213,7 @@ impl Error {
     /// A machine-readable name for `--json`.
     pub fn code(&self) -> String {
         match self {
-            Error::Refused { code, .. } => format!("{code:?}").to_lowercase(),
+            Error::Refused { code, .. } => code.as_str().to_string(),
             Error::Conflict { .. } => "conflict".into(),
             Error::Transport { .. } => "transport".into(),
             _ => "local".into(),
@@ -229,10 +229,16 @@ impl Error {
             | ErrorCode::UnsupportedVersion => Error::Refused { code, message },
             ErrorCode::Conflict => Error::Conflict { message },
             _ => Error::Transport {
-                message: format!("the server failed ({code:?}): {message}"),
+                message: format!("the server failed ({}): {message}", code.as_str()),
             },
         }
     }
+}
+
+/// A failed send, with its cause (the transport's error is in its source).
+#[allow(clippy::needless_pass_by_value)] // shaped for map_err
+fn connection_failed(e: crate::protocol::connection::Error) -> Error {
+    transport(crate::error_chain(&e))
 }
 
 fn transport(e: impl std::fmt::Display) -> Error {
@@ -579,7 +585,7 @@ async fn session(
             capabilities: Vec::new(),
         })
         .await
-        .map_err(transport)?;
+        .map_err(connection_failed)?;
     let names: Vec<RefName> = match &opts.source {
         Source::Dir { options, .. } => options.ref_name.iter().cloned().collect(),
         Source::Repo { refs, .. } => refs.clone(),
@@ -589,7 +595,7 @@ async fn session(
             refs: names.clone(),
         })
         .await
-        .map_err(transport)?;
+        .map_err(connection_failed)?;
     if let Err(e) = writer.flush().await {
         return Err(reason_for_hangup(reader, e.to_string()).await);
     }
@@ -667,12 +673,26 @@ async fn session(
             updates: updates.clone(),
         })
         .await
-        .map_err(transport)?;
+        .map_err(connection_failed)?;
     if let Err(e) = writer.flush().await {
         return Err(reason_for_hangup(reader, e.to_string()).await);
     }
     match expect_reply(reader).await? {
-        Message::Accepted {} => {}
+        // An empty echo comes from a server that predates it.
+        Message::Accepted { updates: echoed } if echoed.is_empty() || echoed == updates => {}
+        Message::Accepted { updates: echoed } => {
+            let show = |v: &[RefChange]| {
+                v.iter()
+                    .map(|r| format!("{} -> {}", r.name, r.new))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(transport(format!(
+                "the server understood {} where {} was sent (corrupted in transit?); nothing was pushed",
+                show(&echoed),
+                show(&updates)
+            )));
+        }
         m => return Err(unexpected(&m, "accepted")),
     }
 
@@ -692,11 +712,21 @@ async fn session(
         Err(Error::Transport { message }) => return Err(reason_for_hangup(reader, message).await),
         Err(e) => return Err(e),
     };
-    writer.send(&Message::Done {}).await.map_err(transport)?;
+    writer
+        .send(&Message::Done {})
+        .await
+        .map_err(connection_failed)?;
     if let Err(e) = writer.flush().await {
         return Err(reason_for_hangup(reader, e.to_string()).await);
     }
     match expect_reply(reader).await? {
+        Message::Result { refs, .. } if refs != updates => Err(transport(format!(
+            "the server reports other ref changes than were asked for: {}",
+            refs.iter()
+                .map(|r| format!("{} -> {}", r.name, r.new))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
         Message::Result { refs, .. } => Ok(Outcome {
             refs,
             objects_sent,
@@ -747,7 +777,7 @@ async fn negotiate(
                     objects: batch.to_vec(),
                 })
                 .await
-                .map_err(transport)?;
+                .map_err(connection_failed)?;
             if let Err(e) = writer.flush().await {
                 return Err(reason_for_hangup(reader, e.to_string()).await);
             }
@@ -893,7 +923,10 @@ async fn send_objects(
         to_send.iter().partition(|n| n.kind == ObjectType::File);
     for name in &metadata {
         let data = local.metadata(name)?;
-        writer.send_object(name, &data).await.map_err(transport)?;
+        writer
+            .send_object(name, &data)
+            .await
+            .map_err(connection_failed)?;
         progress.add(data.len() as u64);
     }
     let (tx, mut rx) = mpsc::channel::<Result<Ready, Error>>(QUEUE_DEPTH);
@@ -911,7 +944,10 @@ async fn send_objects(
                         name: *name,
                         payload,
                     });
-                if item.is_err() || tx.blocking_send(item).is_err() {
+                // A failure is queued like a result, so the writer reports it
+                // instead of sending `done` without the object.
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
                     stop.store(true, Ordering::Relaxed);
                 }
             });
@@ -945,14 +981,17 @@ async fn write_payload(
 ) -> Result<u64, Error> {
     match payload {
         Payload::Memory(data) => {
-            writer.send_object(name, &data).await.map_err(transport)?;
+            writer
+                .send_object(name, &data)
+                .await
+                .map_err(connection_failed)?;
             Ok(data.len() as u64)
         }
         Payload::Spool(mut file, size) => {
             writer
                 .send_object_start(name, size)
                 .await
-                .map_err(transport)?;
+                .map_err(connection_failed)?;
             let mut buf = vec![0u8; MAX_PAYLOAD];
             let mut left = size;
             while left > 0 {
@@ -966,7 +1005,7 @@ async fn write_payload(
                 writer
                     .send_object_data(&buf[..n])
                     .await
-                    .map_err(transport)?;
+                    .map_err(connection_failed)?;
                 left -= n as u64;
             }
             Ok(size)

@@ -243,8 +243,9 @@ where
     let mut report = Report::default();
     let result = session(policy, &mut reader, &mut writer, &mut report).await;
     let outcome = match &result {
+        Ok(()) if report.refs.is_empty() => "no_update".to_string(),
         Ok(()) => "ok".to_string(),
-        Err(f) => format!("{:?}", f.code).to_lowercase(),
+        Err(f) => f.code.as_str().to_string(),
     };
     if let Err(f) = &result {
         let _ = writer
@@ -254,7 +255,8 @@ where
             })
             .await;
         let _ = writer.flush().await;
-        tracing::warn!(code = ?f.code, "push refused: {}", f.message);
+        // The client was told; over ssh this stderr is the client's too.
+        tracing::info!(code = f.code.as_str(), "push refused: {}", f.message);
     }
     audit(
         policy,
@@ -317,6 +319,7 @@ where
     writer.flush().await?;
 
     // 2-3. Ref queries, then the update.
+    let mut refused: Option<String> = None;
     let updates = loop {
         match reader.read().await? {
             Some(Incoming::Message(Message::QueryRefs { refs })) => {
@@ -329,6 +332,9 @@ where
                 for name in refs {
                     let commit = repo.read_ref(&name)?;
                     let auth = policy.authorize(&name);
+                    if let Err(m) = &auth {
+                        refused.get_or_insert_with(|| m.clone());
+                    }
                     states.push(RefState {
                         name,
                         commit,
@@ -352,7 +358,9 @@ where
                     "objects sent before the update was accepted",
                 ));
             }
-            None => return Ok(()),
+            // The client left without an update: because it was told no, or
+            // because it only asked.
+            None => return refused.map_or(Ok(()), |m| Err(Failure::new(ErrorCode::Forbidden, m))),
         }
     };
     report.refs.clone_from(&updates);
@@ -387,7 +395,11 @@ where
     }
     check_free_space(policy)?;
     let tx = Arc::new(repo.begin()?);
-    writer.send(&Message::Accepted {}).await?;
+    writer
+        .send(&Message::Accepted {
+            updates: updates.clone(),
+        })
+        .await?;
     writer.flush().await?;
 
     // 4-5. Negotiation and objects, verified on a blocking thread.

@@ -89,6 +89,26 @@ pub enum ErrorCode {
     Unknown,
 }
 
+impl ErrorCode {
+    /// The code as it appears on the wire (`too_large`, `bad_object`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::NonFastForward => "non_fast_forward",
+            ErrorCode::BadObject => "bad_object",
+            ErrorCode::Incomplete => "incomplete",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
 /// Every control message. Direction: C = client (pusher), S = server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -138,8 +158,13 @@ pub enum Message {
         /// The changes.
         updates: Vec<RefChange>,
     },
-    /// S→C: the updates are allowed; objects may follow.
-    Accepted {},
+    /// S→C: the updates are allowed; objects may follow. The updates are
+    /// echoed so that the client can check the server read what it sent.
+    Accepted {
+        /// The updates as the server understood them.
+        #[serde(default)]
+        updates: Vec<RefChange>,
+    },
     /// C→S: which of these objects does the server lack?
     Want {
         /// At most [`MAX_BATCH`] names.
@@ -189,7 +214,7 @@ impl Message {
             Message::QueryRefs { .. } => "query_refs",
             Message::Refs { .. } => "refs",
             Message::Update { .. } => "update",
-            Message::Accepted {} => "accepted",
+            Message::Accepted { .. } => "accepted",
             Message::Want { .. } => "want",
             Message::Missing { .. } => "missing",
             Message::Done {} => "done",
@@ -225,7 +250,7 @@ mod tests {
         assert_eq!(Message::from_json(with_extra.as_bytes()).expect("parse"), m);
         assert_eq!(
             Message::from_json(br#"{"type":"accepted"}"#).expect("parse"),
-            Message::Accepted {}
+            Message::Accepted { updates: vec![] }
         );
         for bad in [
             r#"{"type":"update","updates":[{"name":"../x","old":null,"new":"00"}]}"#,
@@ -237,6 +262,22 @@ mod tests {
             "not json",
         ] {
             assert!(Message::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // The wire names and as_str agree, code by code.
+        for code in [
+            ErrorCode::Forbidden,
+            ErrorCode::Conflict,
+            ErrorCode::NonFastForward,
+            ErrorCode::BadObject,
+            ErrorCode::Incomplete,
+            ErrorCode::TooLarge,
+            ErrorCode::NoSpace,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::Protocol,
+            ErrorCode::Busy,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).expect("json"), code.as_str());
         }
         let e = Message::from_json(br#"{"type":"error","code":"from_the_future","message":"m"}"#)
             .expect("parse");

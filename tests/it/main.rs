@@ -11,10 +11,14 @@ mod locking;
 mod negative;
 /// Random trees committed by both tools.
 mod property;
+/// depot push through a real sshd: policy, concurrency, cuts, kills, corruption.
+mod push_ssh;
 /// The receiver's session, frame by frame, in process.
 mod receive_session;
 /// Repositories that ostree wrote, read by depot.
 mod reverse;
+/// A real OpenSSH server with forced-command accounts, for the push tests.
+mod sshd;
 /// depot-summary against ostree summary -u.
 mod summary;
 mod util;

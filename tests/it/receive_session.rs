@@ -207,7 +207,16 @@ async fn accept_and_negotiate(
         }],
     })
     .await;
-    assert_eq!(c.recv().await, Message::Accepted {});
+    assert_eq!(
+        c.recv().await,
+        Message::Accepted {
+            updates: vec![RefChange {
+                name: r(name),
+                old,
+                new: commit
+            }]
+        }
+    );
     let objects = s.objects(&commit);
     c.send(Message::Want {
         objects: objects.iter().map(|(n, _)| *n).collect(),

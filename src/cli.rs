@@ -39,12 +39,44 @@ pub enum Command {
     Commit(CommitArgs),
     /// Push a directory (as a new commit) or a local repository's commits to a server.
     Push(PushArgs),
-    /// List the refs: ref, commit, time, subject.
+    /// List the refs: ref, commit, time, subject (of --repo, or of a URL).
     Ls {
-        /// The repository.
-        #[command(flatten)]
-        repo: RepoArg,
+        /// A local repository (or set DEPOT_REPO).
+        #[arg(long, env = "DEPOT_REPO", conflicts_with = "url")]
+        repo: Option<PathBuf>,
+        /// A repository served over http(s).
+        url: Option<String>,
+        /// Add this certificate (PEM) to the trusted roots for https.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a ref from a repository served over http(s), verified, and check
+    /// it out (or write one file of it).
+    Pull {
+        /// The repository's URL.
+        url: String,
+        /// The ref.
+        #[arg(value_name = "REF")]
+        ref_name: RefName,
+        /// Where to check the tree out (must not exist or be empty).
+        dest: Option<PathBuf>,
+        /// Fetch only this file of the commit...
+        #[arg(long, requires = "output", conflicts_with = "dest")]
+        path: Option<String>,
+        /// ...and write it here (`-`: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Keep fetched objects here (an archive repository; reused, so an
+        /// interrupted pull resumes). Default: $XDG_CACHE_HOME/depot/<url hash>.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Add this certificate (PEM) to the trusted roots for https.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -268,33 +300,99 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Push(args) => return run_push(args, &mut stdout),
-        Command::Ls { repo, json } => {
-            let repo = repo.open()?;
+        Command::Ls {
+            repo,
+            url,
+            cacert,
+            json,
+        } => {
             let mut rows = Vec::new();
-            for (name, c) in repo.list_refs()? {
-                let commit = repo
-                    .load_commit(&c)
-                    .with_context(|| format!("ref {name}"))?;
-                rows.push(serde_json::json!({
-                    "ref": name,
-                    "commit": c,
-                    "timestamp": commit.timestamp,
-                    "time": timefmt::format(commit.timestamp),
-                    "subject": commit.subject,
-                    "version": commit.version(),
-                }));
-                if !json {
-                    writeln!(
-                        stdout,
-                        "{name}\t{c}\t{}\t{}",
-                        timefmt::format(commit.timestamp),
-                        commit.subject
-                    )?;
+            if let Some(url) = url {
+                let remote = crate::pull::Remote::new(&url, cacert.as_deref())?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                for r in rt.block_on(remote.refs())? {
+                    rows.push(serde_json::json!({
+                        "ref": r.name,
+                        "commit": r.commit,
+                        "timestamp": r.timestamp,
+                        "time": r.timestamp.map(timefmt::format),
+                        "version": r.version,
+                        "commit_size": r.commit_size,
+                    }));
+                    if !json {
+                        let time = r.timestamp.map(timefmt::format).unwrap_or_default();
+                        writeln!(
+                            stdout,
+                            "{}\t{}\t{time}\t{}",
+                            r.name,
+                            r.commit,
+                            r.version.unwrap_or_default()
+                        )?;
+                    }
+                }
+            } else {
+                let repo = Repo::open(&repo.context("give --repo REPO or a URL")?)?;
+                for (name, c) in repo.list_refs()? {
+                    let commit = repo
+                        .load_commit(&c)
+                        .with_context(|| format!("ref {name}"))?;
+                    rows.push(serde_json::json!({
+                        "ref": name,
+                        "commit": c,
+                        "timestamp": commit.timestamp,
+                        "time": timefmt::format(commit.timestamp),
+                        "subject": commit.subject,
+                        "version": commit.version(),
+                    }));
+                    if !json {
+                        writeln!(
+                            stdout,
+                            "{name}\t{c}\t{}\t{}",
+                            timefmt::format(commit.timestamp),
+                            commit.subject
+                        )?;
+                    }
                 }
             }
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &rows)?;
                 writeln!(stdout)?;
+            }
+        }
+        Command::Pull {
+            url,
+            ref_name,
+            dest,
+            path,
+            output,
+            cache,
+            cacert,
+            json,
+        } => {
+            let target = match (dest, path, output) {
+                (Some(dest), None, _) => crate::pull::Target::Checkout(dest),
+                (None, Some(path), Some(out)) => crate::pull::Target::File { path, out },
+                _ => anyhow::bail!(
+                    "give DEST to check the tree out, or --path FILE -o OUT for one file"
+                ),
+            };
+            let cache = cache
+                .or_else(|| crate::pull::default_cache(&url))
+                .context("no --cache given and neither XDG_CACHE_HOME nor HOME is set")?;
+            let outcome = crate::pull::pull(&url, &ref_name, &cache, &target, cacert.as_deref())
+                .with_context(|| format!("pulling {ref_name} from {url}"))?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &outcome)?;
+                writeln!(stdout)?;
+            } else if let crate::pull::Target::Checkout(dest) = &target {
+                eprintln!(
+                    "{ref_name} ({}) checked out into {}; {} objects fetched",
+                    outcome.commit,
+                    dest.display(),
+                    outcome.fetched
+                );
             }
         }
         Command::Log { repo, rev } => {

@@ -25,6 +25,7 @@ pub mod commit;
 pub mod gvariant;
 pub mod object;
 pub mod protocol;
+pub mod pull;
 pub mod push;
 pub mod read;
 pub mod receive;

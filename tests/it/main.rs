@@ -11,6 +11,8 @@ mod locking;
 mod negative;
 /// Random trees committed by both tools.
 mod property;
+/// depot ls URL and depot pull over a static HTTP server.
+mod pull;
 /// depot push through a real sshd: policy, concurrency, cuts, kills, corruption.
 mod push_ssh;
 /// The receiver's session, frame by frame, in process.

@@ -1,0 +1,656 @@
+//! Pulling from a repository served by any static HTTP(S) server.
+//!
+//! `depot ls URL` reads the summary (or, without one, a directory listing of
+//! `refs/heads/`); `depot pull URL REF DEST` fetches what the ref's commit
+//! needs and checks it out; `--path` fetches only the objects on one file's
+//! path. Everything fetched is verified as `ostree pull` verifies it: the
+//! summary and every metadata object must be normal-form GVariants, the
+//! commit no larger than the summary says, every object must hash to its
+//! name, and content must inflate to exactly its declared size. Objects go
+//! through the same streaming verifier as pushed objects
+//! ([`crate::repo::IncomingObject`]) into a local cache, which is itself an
+//! archive repository; what is already there is not fetched again, so an
+//! interrupted pull resumes. Requests run in parallel over a pool of
+//! kept-alive connections. HTTP 403, 404 and 410 mean "absent", as in ostree.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::checksum::Checksum;
+use crate::gvariant::{self, Type, Value};
+use crate::object::{DirTree, MAX_METADATA_SIZE, ObjectName, ObjectType};
+use crate::read::{self, CheckoutOptions, CheckoutStats};
+use crate::refname::RefName;
+use crate::repo::{self, Repo, Transaction};
+
+/// Requests in flight at once (ostree uses 8).
+const PARALLEL_REQUESTS: usize = 16;
+/// Objects published from the cache's transaction at a time, so that an
+/// interrupted pull keeps what it fetched.
+const PUBLISH_EVERY: usize = 512;
+/// The largest summary read (ostree reads up to its metadata limit).
+const MAX_SUMMARY_SIZE: u64 = MAX_METADATA_SIZE;
+
+/// Errors of pulling.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A request failed or returned an unexpected status.
+    #[error("GET {url}: {reason}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// Something fetched is not what it should be.
+    #[error("{url}: {reason}")]
+    Invalid {
+        /// The URL it came from.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The ref is not on the server.
+    #[error("ref {name} is not in {url}; `depot ls {url}` lists the refs")]
+    NoSuchRef {
+        /// The ref.
+        name: String,
+        /// The repository URL.
+        url: String,
+    },
+    /// From the local cache or checkout.
+    #[error(transparent)]
+    Repo(#[from] repo::Error),
+    /// From the checkout.
+    #[error(transparent)]
+    Read(#[from] read::Error),
+    /// Anything local.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// A ref as the server lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RemoteRef {
+    /// The ref.
+    #[serde(rename = "ref")]
+    pub name: RefName,
+    /// Its commit.
+    pub commit: Checksum,
+    /// The commit's size, when the summary gives it.
+    pub commit_size: Option<u64>,
+    /// The commit time, when the summary gives it.
+    pub timestamp: Option<u64>,
+    /// The `version` metadata, when the summary gives it.
+    pub version: Option<String>,
+}
+
+/// A repository at a URL.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Remote {
+    /// Prepares requests to `url` (http or https); `cacert` adds a trusted
+    /// certificate (PEM) to the system's roots.
+    pub fn new(url: &str, cacert: Option<&Path>) -> Result<Remote, Error> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Local(format!(
+                "{url:?} is not an http:// or https:// URL"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(PARALLEL_REQUESTS)
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .user_agent(concat!("depot/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Local(format!("read {}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                Error::Local(format!("{} is not a PEM certificate: {e}", path.display()))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Local(format!("cannot set up HTTP: {e}")))?;
+        Ok(Remote {
+            base: url.trim_end_matches('/').to_string(),
+            client,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    /// Starts a GET; `Ok(None)` for 403/404/410.
+    async fn get(&self, path: &str) -> Result<Option<reqwest::Response>, Error> {
+        let url = self.url(path);
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| Error::Http {
+                url: url.clone(),
+                reason: crate::error_chain(&e),
+            })?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(resp)),
+            403 | 404 | 410 => Ok(None),
+            s => Err(Error::Http {
+                url,
+                reason: format!("HTTP status {s}"),
+            }),
+        }
+    }
+
+    /// Fetches a whole small file, refusing more than `max` bytes.
+    async fn get_small(&self, path: &str, max: u64) -> Result<Option<Vec<u8>>, Error> {
+        let Some(mut resp) = self.get(path).await? else {
+            return Ok(None);
+        };
+        let url = self.url(path);
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Err(Error::Invalid {
+                url,
+                reason: format!("larger than the {max}-byte limit"),
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Http {
+            url: url.clone(),
+            reason: crate::error_chain(&e),
+        })? {
+            if out.len() as u64 + chunk.len() as u64 > max {
+                return Err(Error::Invalid {
+                    url,
+                    reason: format!("larger than the {max}-byte limit"),
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some(out))
+    }
+
+    /// Lists the refs: from the summary, else from a directory listing.
+    pub async fn refs(&self) -> Result<Vec<RemoteRef>, Error> {
+        if let Some(refs) = self.summary_refs().await? {
+            return Ok(refs);
+        }
+        let mut out = Vec::new();
+        let mut dirs = vec![String::new()];
+        while let Some(dir) = dirs.pop() {
+            let path = format!("refs/heads/{dir}");
+            let Some(page) = self.get_small(&path, 16 * 1024 * 1024).await? else {
+                if dir.is_empty() {
+                    return Err(Error::Invalid {
+                        url: self.base.clone(),
+                        reason:
+                            "no summary and no refs/heads/ listing; run depot-summary on the server"
+                                .into(),
+                    });
+                }
+                continue;
+            };
+            for href in listing_hrefs(&String::from_utf8_lossy(&page)) {
+                if let Some(sub) = href.strip_suffix('/') {
+                    dirs.push(format!("{dir}{sub}/"));
+                } else if let Ok(name) = format!("{dir}{href}").parse::<RefName>() {
+                    let commit = self
+                        .ref_file(&name)
+                        .await?
+                        .ok_or_else(|| Error::NoSuchRef {
+                            name: name.to_string(),
+                            url: self.base.clone(),
+                        })?;
+                    out.push(RemoteRef {
+                        name,
+                        commit,
+                        commit_size: None,
+                        timestamp: None,
+                        version: None,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.as_str().as_bytes().cmp(b.name.as_str().as_bytes()));
+        Ok(out)
+    }
+
+    async fn ref_file(&self, name: &RefName) -> Result<Option<Checksum>, Error> {
+        let path = format!("refs/heads/{name}");
+        let Some(bytes) = self.get_small(&path, 1024).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        text.trim().parse().map(Some).map_err(|e| Error::Invalid {
+            url: self.url(&path),
+            reason: format!("not a commit checksum: {e}"),
+        })
+    }
+
+    /// The refs of the summary, verified; `None` if there is no summary.
+    async fn summary_refs(&self) -> Result<Option<Vec<RemoteRef>>, Error> {
+        let Some(bytes) = self.get_small("summary", MAX_SUMMARY_SIZE).await? else {
+            return Ok(None);
+        };
+        let url = self.url("summary");
+        let invalid = |reason: String| Error::Invalid {
+            url: url.clone(),
+            reason,
+        };
+        let ty = Type::parse("(a(s(taya{sv}))a{sv})").expect("a valid type string");
+        let v = gvariant::from_normal_bytes(&ty, &bytes)
+            .map_err(|e| invalid(format!("not a valid summary: {e}")))?;
+        let refs = v
+            .as_tuple()
+            .and_then(|t| t.first())
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid("no ref list".into()))?;
+        let mut out = Vec::with_capacity(refs.len());
+        for entry in refs {
+            let Some([name, data]) = entry.as_tuple() else {
+                return Err(invalid("bad ref entry".into()));
+            };
+            let name: RefName = name
+                .as_str()
+                .ok_or_else(|| invalid("bad ref name".into()))?
+                .parse()
+                .map_err(|e| invalid(format!("bad ref name: {e}")))?;
+            let Some([Value::Uint64(size), Value::Bytes(csum), meta]) = data.as_tuple() else {
+                return Err(invalid(format!("bad entry for {name}")));
+            };
+            let commit = Checksum::from_slice(csum).map_err(|e| invalid(format!("{name}: {e}")))?;
+            let meta = gvariant::dict_from_value(meta.clone()).unwrap_or_default();
+            let timestamp = meta.iter().find_map(|(k, v)| match (k.as_str(), v) {
+                ("ostree.commit.timestamp", Value::Uint64(t)) => Some(t.swap_bytes()),
+                _ => None,
+            });
+            let version = meta
+                .iter()
+                .find(|(k, _)| k == "ostree.commit.version")
+                .and_then(|(_, v)| v.as_str().map(str::to_string));
+            out.push(RemoteRef {
+                name,
+                commit,
+                commit_size: Some(*size),
+                timestamp,
+                version,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// The commit a ref points at, and its size when a summary says it.
+    pub async fn resolve(&self, name: &RefName) -> Result<(Checksum, Option<u64>), Error> {
+        if let Some(refs) = self.summary_refs().await? {
+            return refs
+                .into_iter()
+                .find(|r| &r.name == name)
+                .map(|r| (r.commit, r.commit_size))
+                .ok_or_else(|| Error::NoSuchRef {
+                    name: name.to_string(),
+                    url: self.base.clone(),
+                });
+        }
+        let commit = self.ref_file(name).await?.ok_or_else(|| Error::NoSuchRef {
+            name: name.to_string(),
+            url: self.base.clone(),
+        })?;
+        Ok((commit, None))
+    }
+}
+
+/// The `href`s of a directory listing page, relative ones only.
+fn listing_hrefs(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in html.split("href=\"").skip(1) {
+        let Some(end) = part.find('"') else { continue };
+        let href = &part[..end];
+        if href.starts_with('/')
+            || href.starts_with('.')
+            || href.contains("://")
+            || href.contains('?')
+            || href.is_empty()
+        {
+            continue;
+        }
+        out.push(href.to_string());
+    }
+    out
+}
+
+/// Fetches objects into the cache transaction, in parallel, verified.
+struct Fetcher {
+    remote: Remote,
+    tx: Arc<Transaction>,
+    permits: Arc<Semaphore>,
+    max_object_size: u64,
+}
+
+impl Fetcher {
+    /// Fetches every name in `names` the cache lacks; each object is verified
+    /// as it streams and staged.
+    async fn fetch_all(&self, names: Vec<(ObjectName, Option<u64>)>) -> Result<(), Error> {
+        let mut set = JoinSet::new();
+        for (name, max) in names {
+            if self.tx.has_object(&name) {
+                continue;
+            }
+            let permit = Arc::clone(&self.permits)
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Local(e.to_string()))?;
+            let remote = self.remote.clone();
+            let tx = Arc::clone(&self.tx);
+            let limit = max.unwrap_or(self.max_object_size);
+            set.spawn(async move {
+                let r = fetch_one(&remote, &tx, name, limit).await;
+                drop(permit);
+                r
+            });
+            while let Some(done) = set.try_join_next() {
+                done.map_err(|e| Error::Local(e.to_string()))??;
+            }
+        }
+        while let Some(done) = set.join_next().await {
+            done.map_err(|e| Error::Local(e.to_string()))??;
+        }
+        Ok(())
+    }
+}
+
+async fn fetch_one(
+    remote: &Remote,
+    tx: &Transaction,
+    name: ObjectName,
+    limit: u64,
+) -> Result<(), Error> {
+    let path = name.relative_path();
+    let url = remote.url(&path);
+    let Some(mut resp) = remote.get(&path).await? else {
+        return Err(Error::Http {
+            url,
+            reason: "not found (the server lacks an object its commit needs)".into(),
+        });
+    };
+    let size = resp.content_length().ok_or_else(|| Error::Http {
+        url: url.clone(),
+        reason: "no Content-Length".into(),
+    })?;
+    if size > limit {
+        return Err(Error::Invalid {
+            url,
+            reason: format!("{size} bytes, more than the {limit} allowed"),
+        });
+    }
+    let bad = |e: repo::Error| Error::Invalid {
+        url: url.clone(),
+        reason: crate::error_chain(&e),
+    };
+    let mut obj = tx.begin_object(name, size, limit).map_err(bad)?;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Http {
+        url: url.clone(),
+        reason: crate::error_chain(&e),
+    })? {
+        // Inflating and hashing is CPU work: let the runtime move other tasks.
+        tokio::task::block_in_place(|| obj.feed(&chunk)).map_err(bad)?;
+    }
+    tokio::task::block_in_place(|| obj.finish()).map_err(bad)
+}
+
+/// Where pulled objects are kept: `$XDG_CACHE_HOME/depot/<url hash>`.
+pub fn default_cache(url: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|x| !x.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    let id = hex::encode(&Checksum::of(url.trim_end_matches('/').as_bytes()).as_bytes()[..8]);
+    Some(base.join("depot").join(id))
+}
+
+/// What to pull.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The whole tree, checked out into a directory.
+    Checkout(PathBuf),
+    /// One file, written to a path (`-` for standard output).
+    File {
+        /// The path inside the commit.
+        path: String,
+        /// Where to write it.
+        out: PathBuf,
+    },
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// The commit pulled.
+    pub commit: Checksum,
+    /// Objects the cache did not have before.
+    pub fetched: u64,
+    /// The checkout, for a whole-tree pull.
+    pub checkout: Option<CheckoutStats>,
+}
+
+/// Pulls `name` from `url` through the cache at `cache`.
+pub fn pull(
+    url: &str,
+    name: &RefName,
+    cache: &Path,
+    target: &Target,
+    cacert: Option<&Path>,
+) -> Result<Outcome, Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Local(format!("cannot start the async runtime: {e}")))?;
+    let repo = if cache.join("config").exists() {
+        Repo::open(cache)?
+    } else {
+        Repo::init(cache)?
+    };
+    let remote = Remote::new(url, cacert)?;
+    rt.block_on(async {
+        let (commit, commit_size) = remote.resolve(name).await?;
+        let before = count_objects(&repo);
+        let fetcher = Fetcher {
+            remote: remote.clone(),
+            tx: Arc::new(repo.begin()?),
+            permits: Arc::new(Semaphore::new(PARALLEL_REQUESTS)),
+            max_object_size: u64::MAX,
+        };
+        let commit_name = ObjectName::new(commit, ObjectType::Commit);
+        fetcher
+            .fetch_all(vec![(
+                commit_name,
+                Some(commit_size.unwrap_or(MAX_METADATA_SIZE)),
+            )])
+            .await?;
+        let c = fetcher.tx.load_commit(&commit)?;
+        let mut fetcher = fetcher;
+        match target {
+            Target::Checkout(_) => {
+                fetch_tree(&mut fetcher, &repo, c.root_tree, c.root_meta).await?;
+            }
+            Target::File { path, .. } => fetch_path(&mut fetcher, &c, path).await?,
+        }
+        publish(fetcher)?;
+        let fetched = count_objects(&repo).saturating_sub(before);
+        let checkout = match target {
+            Target::Checkout(dest) => Some(read::checkout(
+                &repo,
+                &commit,
+                dest,
+                CheckoutOptions::default(),
+            )?),
+            Target::File { path, out } => {
+                let mut w = read::output(out)?;
+                read::cat(&repo, &commit, path, &mut w)?;
+                std::io::Write::flush(&mut w)
+                    .map_err(|e| Error::Local(format!("write {}: {e}", out.display())))?;
+                None
+            }
+        };
+        Ok(Outcome {
+            commit,
+            fetched,
+            checkout,
+        })
+    })
+}
+
+/// Publishes what the fetcher staged, keeping the cache's files.
+fn publish(fetcher: Fetcher) -> Result<(), Error> {
+    let tx = Arc::try_unwrap(fetcher.tx)
+        .map_err(|_| Error::Local("the cache transaction is still in use".into()))?;
+    tx.commit(&[])?;
+    Ok(())
+}
+
+fn count_objects(repo: &Repo) -> u64 {
+    walkdir::WalkDir::new(repo.path().join("objects"))
+        .min_depth(2)
+        .into_iter()
+        .filter_map(Result::ok)
+        .count() as u64
+}
+
+/// Starts a new cache transaction after publishing the current one, so an
+/// interrupted pull keeps what it has.
+fn checkpoint(fetcher: &mut Fetcher, repo: &Repo) -> Result<(), Error> {
+    let next = Arc::new(repo.begin()?);
+    let old = std::mem::replace(&mut fetcher.tx, next);
+    let old = Arc::try_unwrap(old)
+        .map_err(|_| Error::Local("the cache transaction is still in use".into()))?;
+    old.commit(&[])?;
+    Ok(())
+}
+
+/// Fetches a whole tree: dirtrees and dirmetas level by level, then files.
+async fn fetch_tree(
+    fetcher: &mut Fetcher,
+    repo: &Repo,
+    root_tree: Checksum,
+    root_meta: Checksum,
+) -> Result<(), Error> {
+    let mut level = vec![(root_tree, root_meta)];
+    let mut seen = HashSet::new();
+    let mut files: Vec<(ObjectName, Option<u64>)> = Vec::new();
+    let mut file_seen = HashSet::new();
+    let mut depth = 0usize;
+    while !level.is_empty() {
+        depth += 1;
+        if depth > read::MAX_TREE_DEPTH {
+            return Err(Error::Local(format!(
+                "the tree nests deeper than {} directories",
+                read::MAX_TREE_DEPTH
+            )));
+        }
+        let names: Vec<(ObjectName, Option<u64>)> = level
+            .iter()
+            .flat_map(|(t, m)| {
+                [
+                    ObjectName::new(*t, ObjectType::DirTree),
+                    ObjectName::new(*m, ObjectType::DirMeta),
+                ]
+            })
+            .map(|n| (n, Some(MAX_METADATA_SIZE)))
+            .collect();
+        fetcher.fetch_all(names).await?;
+        let mut next = Vec::new();
+        for (t, _) in &level {
+            if !seen.insert(*t) {
+                continue;
+            }
+            let tree = load_tree(fetcher, t)?;
+            for (_, f) in tree.files() {
+                if file_seen.insert(*f) {
+                    files.push((ObjectName::new(*f, ObjectType::File), None));
+                }
+            }
+            next.extend(tree.dirs().iter().map(|d| (d.tree, d.meta)));
+        }
+        level = next;
+    }
+    for batch in files.chunks(PUBLISH_EVERY) {
+        fetcher.fetch_all(batch.to_vec()).await?;
+        checkpoint(fetcher, repo)?;
+    }
+    Ok(())
+}
+
+fn load_tree(fetcher: &Fetcher, tree: &Checksum) -> Result<DirTree, Error> {
+    let name = ObjectName::new(*tree, ObjectType::DirTree);
+    let data = fetcher.tx.read_metadata(&name)?;
+    DirTree::parse(&data).map_err(|e| {
+        Error::Repo(repo::Error::CorruptObject {
+            name,
+            reason: crate::error_chain(&e),
+        })
+    })
+}
+
+/// Fetches only what lies on `path`: the dirtrees down to it and the file.
+async fn fetch_path(
+    fetcher: &mut Fetcher,
+    commit: &crate::object::Commit,
+    path: &str,
+) -> Result<(), Error> {
+    let mut tree = commit.root_tree;
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        fetcher
+            .fetch_all(vec![(
+                ObjectName::new(tree, ObjectType::DirTree),
+                Some(MAX_METADATA_SIZE),
+            )])
+            .await?;
+        let t = load_tree(fetcher, &tree)?;
+        if let Some(f) = t.file(part).filter(|_| i + 1 == parts.len()) {
+            return fetcher
+                .fetch_all(vec![(ObjectName::new(*f, ObjectType::File), None)])
+                .await;
+        }
+        let Some(d) = t.dir(part) else {
+            return Err(Error::Local(format!(
+                "{path} is not in commit {}",
+                Checksum::of(&commit.to_bytes())
+            )));
+        };
+        tree = d.tree;
+    }
+    Err(Error::Local(format!(
+        "{path} is a directory; pull it whole, or name a file"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings() {
+        let html = r#"<a href="../">..</a><a href="main">main</a><a href="proj/">proj/</a>
+            <a href="/abs">x</a><a href="http://evil/x">y</a><a href="?C=N;O=D">sort</a>"#;
+        assert_eq!(listing_hrefs(html), ["main", "proj/"]);
+    }
+}

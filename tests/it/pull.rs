@@ -1,0 +1,199 @@
+//! `depot ls URL` and `depot pull` against a static HTTP server, from
+//! repositories depot and ostree wrote, honest and hostile.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::*;
+
+/// A depot repository with one pushed ref and a summary, and its tree.
+fn served_repo(dir: &Path) -> (PathBuf, PathBuf) {
+    let tree = dir.join("tree");
+    rich_tree(&tree);
+    let repo = dir.join("repo");
+    ok(depot().arg("init").arg(&repo));
+    ok(depot()
+        .args(["push", "--no-progress", "--to"])
+        .arg(&repo)
+        .args(["--ref", "proj/x", "-s", "build"])
+        .arg(&tree));
+    ok(Command::new(env!("CARGO_BIN_EXE_depot-summary"))
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--state-dir")
+        .arg(dir.join("state")));
+    (repo, tree)
+}
+
+fn pull(url: &str, r: &str, cache: &Path) -> Command {
+    let mut c = depot();
+    c.args(["pull", url, r]).arg("--cache").arg(cache);
+    c
+}
+
+/// The object paths requested from the server.
+fn object_requests(server: &HttpServer) -> Vec<String> {
+    server
+        .requests()
+        .lines()
+        .filter_map(|l| l.split("\"GET /").nth(1))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|p| p.starts_with("objects/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn pull_checks_out_what_was_pushed_and_resumes_from_its_cache() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    let server = HttpServer::serve(&repo, tmp.path());
+    let listed = ok(depot().args(["ls", &server.url, "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(rows[0]["ref"], "proj/x");
+    assert_eq!(rows[0]["commit"], read_ref(&repo, "proj/x"));
+    let cache = tmp.path().join("cache");
+    let out = ok(pull(&server.url, "proj/x", &cache)
+        .arg(tmp.path().join("co"))
+        .arg("--json"));
+    assert_same_tree(&tree, &tmp.path().join("co"), depot_default(tmp.path()));
+    let outcome: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(outcome["commit"], read_ref(&repo, "proj/x"));
+    let first = object_requests(&server).len();
+    assert!(first > 300, "{first} objects fetched");
+    // Everything is in the cache now: a second pull fetches no object.
+    ok(pull(&server.url, "proj/x", &cache).arg(tmp.path().join("co2")));
+    assert_eq!(
+        object_requests(&server).len(),
+        first,
+        "objects were fetched again"
+    );
+    assert_same_tree(&tree, &tmp.path().join("co2"), depot_default(tmp.path()));
+    ok(ostree_in(&cache).arg("fsck"));
+}
+
+#[test]
+fn one_file_fetches_only_its_path() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    let server = HttpServer::serve(&repo, tmp.path());
+    let out = tmp.path().join("leaf");
+    ok(pull(&server.url, "proj/x", &tmp.path().join("cache"))
+        .args(["--path", "/deep/a/b/c/d/e/f/g/h/i/j/leaf", "-o"])
+        .arg(&out));
+    assert_eq!(
+        fs::read(&out).expect("read"),
+        fs::read(tree.join("deep/a/b/c/d/e/f/g/h/i/j/leaf")).expect("read")
+    );
+    // The commit, the 12 dirtrees on the way (root, deep, a to j), and the file.
+    let fetched = object_requests(&server);
+    let count = |kind: &str| {
+        fetched
+            .iter()
+            .filter(|p| p.rsplit_once('.').is_some_and(|(_, ext)| ext == kind))
+            .count()
+    };
+    assert_eq!(
+        (count("commit"), count("dirtree"), count("filez")),
+        (1, 12, 1),
+        "{fetched:?}"
+    );
+    assert_eq!(fetched.len(), 14, "{fetched:?}");
+}
+
+#[test]
+fn pulls_what_ostree_wrote_and_agrees_with_ostree() {
+    let tmp = tempdir();
+    let tree = tmp.path().join("tree");
+    rich_tree(&tree);
+    let repo = tmp.path().join("o");
+    ok(ostree_in(&repo).args(["init", "--mode=archive"]));
+    ok(ostree_in(&repo)
+        .args(["commit", "-b", "main", "--add-metadata-string=version=3"])
+        .arg(&tree));
+    ok(ostree_in(&repo).args(["summary", "-u"]));
+    let server = HttpServer::serve(&repo, tmp.path());
+    let listed = ok(depot().args(["ls", &server.url]));
+    assert!(
+        listed.starts_with(&format!("main\t{}", read_ref(&repo, "main")))
+            && listed.trim_end().ends_with('3'),
+        "{listed}"
+    );
+    ok(pull(&server.url, "main", &tmp.path().join("cache")).arg(tmp.path().join("co")));
+    let oco = tmp.path().join("oco");
+    ok(ostree_in(&repo).args(["checkout", "-U", "main"]).arg(&oco));
+    assert_same_tree(&oco, &tmp.path().join("co"), OSTREE_USER_MODE);
+}
+
+#[test]
+fn without_a_summary_refs_come_from_refs_heads() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    fs::remove_file(repo.join("summary")).expect("rm");
+    let server = HttpServer::serve(&repo, tmp.path());
+    assert!(ok(depot().args(["ls", &server.url])).starts_with("proj/x\t"));
+    ok(pull(&server.url, "proj/x", &tmp.path().join("cache")).arg(tmp.path().join("co")));
+    assert_same_tree(&tree, &tmp.path().join("co"), depot_default(tmp.path()));
+    let err = fails(
+        pull(&server.url, "proj/none", &tmp.path().join("cache")).arg(tmp.path().join("co2")),
+    );
+    assert!(
+        err.contains("proj/none") && err.contains("depot ls"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_lying_server_is_caught_and_nothing_is_checked_out() {
+    let tmp = tempdir();
+    let (repo, _) = served_repo(tmp.path());
+    let server = HttpServer::serve(&repo, tmp.path());
+    // One content object changed on the server.
+    let victim = walkdir::WalkDir::new(repo.join("objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| {
+            e.path().extension().is_some_and(|x| x == "filez")
+                && e.metadata().is_ok_and(|m| m.len() > 200)
+        })
+        .expect("a content object")
+        .into_path();
+    let mut bytes = fs::read(&victim).expect("read");
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x40;
+    fs::write(&victim, &bytes).expect("write");
+    let name = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let dest = tmp.path().join("co");
+    let err = fails(pull(&server.url, "proj/x", &tmp.path().join("cache")).arg(&dest));
+    assert!(
+        err.contains(&name[..20]) && err.contains(&server.url),
+        "{err}"
+    );
+    assert!(
+        !dest.exists(),
+        "a checkout was started from unverified objects"
+    );
+    // A summary that understates the commit's size (the check ostree makes).
+    let summary = repo.join("summary");
+    let mut s = fs::read(&summary).expect("summary");
+    // "proj/x\0" then padding to 8, then the little-endian commit size.
+    assert_eq!(&s[..7], b"proj/x\0");
+    s[8..16].copy_from_slice(&10u64.to_le_bytes());
+    fs::write(&summary, &s).expect("write");
+    let err =
+        fails(pull(&server.url, "proj/x", &tmp.path().join("cache2")).arg(tmp.path().join("co2")));
+    assert!(err.contains(".commit") && err.contains("10"), "{err}");
+    // A summary that is not in normal form.
+    s[7] = 1;
+    fs::write(&summary, &s).expect("write");
+    let err = fails(depot().args(["ls", &server.url]));
+    assert!(
+        err.contains("summary") && err.contains("normal form"),
+        "{err}"
+    );
+}

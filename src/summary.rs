@@ -127,10 +127,8 @@ pub fn update(repo: &Repo, opts: &Options) -> Result<Outcome, Error> {
     );
     let fingerprint_path = opts.state_dir.join(format!("summary-{id}.fingerprint"));
     let cache_path = opts.state_dir.join(format!("summary-{id}.cache.json"));
-    let refs_print = refs_fingerprint(repo)?;
     if !opts.force
-        && fs::read_to_string(&fingerprint_path)
-            .is_ok_and(|old| old == format!("{refs_print} {}", files_fingerprint(repo)))
+        && fs::read_to_string(&fingerprint_path).is_ok_and(|old| unchanged_since(repo, &old))
     {
         return Ok(Outcome {
             written: false,
@@ -138,6 +136,9 @@ pub fn update(repo: &Repo, opts: &Options) -> Result<Outcome, Error> {
             skipped: Vec::new(),
         });
     }
+    // Taken before listing: a ref that moves meanwhile makes the next run's
+    // fingerprint differ, so it is picked up then.
+    let refs_print = refs_fingerprint(repo)?;
     let mut cache: Cache = fs::read(&cache_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -195,11 +196,14 @@ pub fn update(repo: &Repo, opts: &Options) -> Result<Outcome, Error> {
     fs::create_dir_all(&opts.state_dir).map_err(io_err("create", &opts.state_dir))?;
     let cache_bytes = serde_json::to_vec(&cache)
         .map_err(|e| io_err("encode", &cache_path)(io::Error::other(e)))?;
-    repo::write_file_atomic(&opts.state_dir, &cache_path, &cache_bytes, 0o600)?;
-    // The refs' part was taken before listing: a ref that moved meanwhile
-    // makes the next run's differ, so it is picked up then.
-    let print = format!("{refs_print} {}", files_fingerprint(repo));
-    repo::write_file_atomic(&opts.state_dir, &fingerprint_path, print.as_bytes(), 0o600)?;
+    write_private(&opts.state_dir, &cache_path, &cache_bytes)?;
+    let print = format!(
+        "{} {}\n{}",
+        FINGERPRINT_VERSION,
+        files_fingerprint(repo),
+        refs_print.serialise()
+    );
+    write_private(&opts.state_dir, &fingerprint_path, print.as_bytes())?;
     Ok(Outcome {
         written: true,
         refs: listed.len(),
@@ -207,12 +211,33 @@ pub fn update(repo: &Repo, opts: &Options) -> Result<Outcome, Error> {
     })
 }
 
-/// The modification times of every directory under `refs/heads`: a ref
-/// update renames a file into its directory, which changes that directory's
-/// time.
-fn refs_fingerprint(repo: &Repo) -> Result<String, Error> {
-    let mut h = Sha256::new();
+/// Bump when the fingerprint's layout changes.
+const FINGERPRINT_VERSION: &str = "v2";
+
+/// Every directory under `refs/heads` with its modification time. A ref
+/// update renames a file into its directory, and making or removing a
+/// directory changes its parent's time, so comparing these times tells
+/// whether any ref changed without reading a single ref or listing a
+/// directory.
+struct RefsFingerprint(Vec<(PathBuf, i64, i64)>);
+
+impl RefsFingerprint {
+    fn serialise(&self) -> String {
+        let mut out = String::new();
+        for (p, s, ns) in &self.0 {
+            let _ = writeln!(
+                out,
+                "{s} {ns} {}",
+                hex::encode(p.as_os_str().as_encoded_bytes())
+            );
+        }
+        out
+    }
+}
+
+fn refs_fingerprint(repo: &Repo) -> Result<RefsFingerprint, Error> {
     let heads = repo.path().join("refs/heads");
+    let mut dirs = Vec::new();
     for entry in walkdir::WalkDir::new(&heads).sort_by_file_name() {
         let entry = entry.map_err(|e| Error::Io {
             op: "list",
@@ -225,12 +250,57 @@ fn refs_fingerprint(repo: &Repo) -> Result<String, Error> {
                 path: entry.path().to_path_buf(),
                 source: e.into(),
             })?;
-            h.update(entry.path().as_os_str().as_encoded_bytes());
-            h.update(md.mtime().to_le_bytes());
-            h.update(md.mtime_nsec().to_le_bytes());
+            dirs.push((entry.into_path(), md.mtime(), md.mtime_nsec()));
         }
     }
-    Ok(Checksum::from_hasher(h).to_hex())
+    Ok(RefsFingerprint(dirs))
+}
+
+/// Whether the saved fingerprint still holds: same published files, and
+/// every recorded directory still has its recorded time.
+fn unchanged_since(repo: &Repo, saved: &str) -> bool {
+    let mut lines = saved.lines();
+    let Some(head) = lines.next() else {
+        return false;
+    };
+    if head != format!("{FINGERPRINT_VERSION} {}", files_fingerprint(repo)) {
+        return false;
+    }
+    let mut any = false;
+    for line in lines {
+        let mut parts = line.split(' ');
+        let (Some(s), Some(ns), Some(path), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let Ok(bytes) = hex::decode(path) else {
+            return false;
+        };
+        let path =
+            PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes));
+        match fs::metadata(&path) {
+            Ok(md) if md.mtime().to_string() == s && md.mtime_nsec().to_string() == ns => {
+                any = true;
+            }
+            _ => return false,
+        }
+    }
+    any
+}
+
+/// Writes a private state file: atomically, but without fsync (losing it
+/// only costs a full regeneration next time).
+fn write_private(dir: &Path, target: &Path, data: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let tmp = target.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_err("chmod", &tmp))?;
+    f.write_all(data).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, target).map_err(io_err("rename", target))
 }
 
 /// The published files as they are (someone may have removed or replaced one).

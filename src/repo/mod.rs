@@ -24,6 +24,8 @@ pub use incoming::{IncomingObject, Rejected, max_pushed_metadata};
 pub use lock::{LockGuard, LockMode, Wait};
 pub use transaction::{Expected, RefUpdate, Transaction};
 
+use rayon::prelude::*;
+
 use crate::checksum::Checksum;
 use crate::gvariant::VarDict;
 use crate::object::{self, Commit, DirMeta, DirTree, MAX_METADATA_SIZE, ObjectName, ObjectType};
@@ -434,12 +436,15 @@ impl Repo {
                 tracing::warn!("skipping {}: not a valid ref name", entry.path().display());
                 continue;
             };
-            let text =
-                fs::read_to_string(entry.path()).map_err(io_err("read ref", entry.path()))?;
-            out.push((name, parse_ref_file(entry.path(), &text)?));
+            out.push((name, entry.into_path()));
         }
-        out.sort_by(|a, b| a.0.as_str().as_bytes().cmp(b.0.as_str().as_bytes()));
-        Ok(out)
+        // Thousands of tiny files: read them on every core, one read each.
+        let mut refs = out
+            .into_par_iter()
+            .map(|(name, path)| read_ref_file(&path).map(|c| (name, c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        refs.sort_by(|a, b| a.0.as_str().as_bytes().cmp(b.0.as_str().as_bytes()));
+        Ok(refs)
     }
 
     /// Resolves a ref name or a full commit checksum, each `^` after it
@@ -466,6 +471,32 @@ impl Repo {
         }
         Ok(c)
     }
+}
+
+/// Reads a ref file (64 hex digits and a newline) with a single read.
+fn read_ref_file(path: &Path) -> Result<Checksum, Error> {
+    let mut buf = [0u8; 128];
+    let mut file = File::open(path).map_err(io_err("read ref", path))?;
+    let mut len = 0;
+    loop {
+        let n = file
+            .read(&mut buf[len..])
+            .map_err(io_err("read ref", path))?;
+        if n == 0 || len + n == buf.len() {
+            len += n;
+            break;
+        }
+        len += n;
+        // A whole ref is 65 bytes; stop without the extra read for EOF.
+        if buf[..len].ends_with(b"\n") && len >= 65 {
+            break;
+        }
+    }
+    let text = std::str::from_utf8(&buf[..len]).map_err(|_| Error::BadRefFile {
+        path: path.to_path_buf(),
+        reason: "not text".into(),
+    })?;
+    parse_ref_file(path, text)
 }
 
 fn parse_ref_file(path: &Path, text: &str) -> Result<Checksum, Error> {

@@ -467,6 +467,7 @@ pub fn pull(
     };
     let remote = Remote::new(url, cacert)?;
     rt.block_on(async {
+        let started = std::time::Instant::now();
         let (commit, commit_size) = remote.resolve(name).await?;
         let before = count_objects(&repo);
         let fetcher = Fetcher {
@@ -491,6 +492,7 @@ pub fn pull(
             Target::File { path, .. } => fetch_path(&mut fetcher, &c, path).await?,
         }
         publish(fetcher)?;
+        tracing::info!("fetched and verified in {:.2?}", started.elapsed());
         let fetched = count_objects(&repo).saturating_sub(before);
         let checkout = match target {
             Target::Checkout(dest) => Some(read::checkout(
@@ -519,7 +521,7 @@ pub fn pull(
 fn publish(fetcher: Fetcher) -> Result<(), Error> {
     let tx = Arc::try_unwrap(fetcher.tx)
         .map_err(|_| Error::Local("the cache transaction is still in use".into()))?;
-    tx.commit(&[])?;
+    tx.publish_unsynced()?;
     Ok(())
 }
 
@@ -538,7 +540,7 @@ fn checkpoint(fetcher: &mut Fetcher, repo: &Repo) -> Result<(), Error> {
     let old = std::mem::replace(&mut fetcher.tx, next);
     let old = Arc::try_unwrap(old)
         .map_err(|_| Error::Local("the cache transaction is still in use".into()))?;
-    old.commit(&[])?;
+    old.publish_unsynced()?;
     Ok(())
 }
 

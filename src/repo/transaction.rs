@@ -315,6 +315,18 @@ impl Transaction {
     /// respect to other depot writers: all of them or, if any expectation
     /// fails, none ([`Error::RefMoved`]). The objects stay published either way.
     pub fn commit(self, updates: &[RefUpdate]) -> Result<(), Error> {
+        self.publish(updates, true)
+    }
+
+    /// Publishes the staged objects without waiting for them to reach the
+    /// disk, and moves no ref. Only for a cache whose every object is
+    /// verified again when it is read (a pull's): after a crash it may hold a
+    /// damaged object, which a read then refuses.
+    pub fn publish_unsynced(self) -> Result<(), Error> {
+        self.publish(&[], false)
+    }
+
+    fn publish(self, updates: &[RefUpdate], durable: bool) -> Result<(), Error> {
         let mut staged: Vec<ObjectName> = Vec::new();
         for entry in fs::read_dir(&self.staging).map_err(io_err("list", &self.staging))? {
             let entry = entry.map_err(io_err("list", &self.staging))?;
@@ -327,7 +339,9 @@ impl Transaction {
             }
         }
         staged.sort_by_key(|n| publish_rank(n.kind));
-        sync_fs(&self.staging)?;
+        if durable {
+            sync_fs(&self.staging)?;
+        }
         let objects = self.repo.path.join("objects");
         let mut made_dirs = std::collections::HashSet::new();
         for name in &staged {
@@ -344,7 +358,7 @@ impl Transaction {
             fs::rename(self.staged_path(name), &target)
                 .map_err(io_err("publish object", &target))?;
         }
-        if !staged.is_empty() {
+        if durable && !staged.is_empty() {
             sync_fs(&objects)?;
         }
         if !updates.is_empty() {

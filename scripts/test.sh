@@ -4,8 +4,9 @@
 # format), strace (to hold ostree's lock in the lock tests), python3 (a
 # static HTTP server for pull tests; the stream-mangling ssh wrapper of the
 # push tests), python3-gi (GLib as the oracle for GVariant normal form),
-# openssh-server and openssh-client (the push tests run a real sshd) and
-# time (/usr/bin/time measures depot-receive's peak memory).
+# openssh-server and openssh-client (the push tests run a real sshd),
+# time (/usr/bin/time measures depot-receive's peak memory) and nginx (the
+# deployment test serves a repository with contrib/nginx-depot.conf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ command -v python3 >/dev/null || need+=(python3)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 { command -v ssh && command -v ssh-keygen; } >/dev/null || need+=(openssh-client)
 [ -x /usr/bin/time ] || need+=(time)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   sudo=""

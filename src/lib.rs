@@ -34,6 +34,16 @@ pub mod repo;
 pub mod summary;
 pub mod timefmt;
 
+/// Creates depot's private state directory (and missing parents) readable by
+/// its owner only: it holds the audit log.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Renders an error with its causes, `outer: inner: innermost`, for places
 /// that keep an error as text (fsck reports, protocol error frames).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

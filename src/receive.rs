@@ -603,7 +603,7 @@ fn check_free_space(policy: &Policy) -> Result<(), Failure> {
 
 fn touch_stamp(policy: &Policy) {
     let path = policy.state_dir.join("refs-changed");
-    if let Err(e) = fs::create_dir_all(&policy.state_dir)
+    if let Err(e) = crate::create_private_dir(&policy.state_dir)
         .and_then(|()| fs::write(&path, now_secs().to_string()))
     {
         tracing::warn!("cannot write {}: {e}", path.display());
@@ -633,10 +633,12 @@ fn audit(policy: &Policy, report: &Report, outcome: &str, error: Option<&str>, s
     let mut line = record.to_string();
     line.push('\n');
     let path = policy.state_dir.join("audit.jsonl");
-    let written = fs::create_dir_all(&policy.state_dir).and_then(|()| {
+    let written = crate::create_private_dir(&policy.state_dir).and_then(|()| {
+        use std::os::unix::fs::OpenOptionsExt;
         fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)?
             .write_all(line.as_bytes())
     });

@@ -193,7 +193,6 @@ pub fn update(repo: &Repo, opts: &Options) -> Result<Outcome, Error> {
     // Forget commits no ref points at any more (they may be pruned).
     let live: HashSet<String> = listed.iter().map(|(_, c, _)| c.to_string()).collect();
     cache.commits.retain(|k, _| live.contains(k));
-    fs::create_dir_all(&opts.state_dir).map_err(io_err("create", &opts.state_dir))?;
     let cache_bytes = serde_json::to_vec(&cache)
         .map_err(|e| io_err("encode", &cache_path)(io::Error::other(e)))?;
     write_private(&opts.state_dir, &cache_path, &cache_bytes)?;
@@ -294,7 +293,7 @@ fn unchanged_since(repo: &Repo, saved: &str) -> bool {
 fn write_private(dir: &Path, target: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    crate::create_private_dir(dir).map_err(io_err("create", dir))?;
     let tmp = target.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
     f.set_permissions(fs::Permissions::from_mode(0o600))

@@ -349,11 +349,7 @@ impl Transaction {
             let hex = name.checksum.to_hex();
             if made_dirs.insert(hex[..2].to_string()) {
                 let dir = objects.join(&hex[..2]);
-                match fs::DirBuilder::new().mode(0o775).create(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io_err("create directory", &dir)(e)),
-                }
+                make_served_dir(&dir)?;
             }
             fs::rename(self.staged_path(name), &target)
                 .map_err(io_err("publish object", &target))?;
@@ -407,11 +403,16 @@ impl Transaction {
             match u.new {
                 Some(c) => {
                     if let Some(parent) = path.parent() {
-                        fs::DirBuilder::new()
-                            .recursive(true)
-                            .mode(0o775)
-                            .create(parent)
-                            .map_err(io_err("create ref directory", parent))?;
+                        let heads = repo.path.join("refs/heads");
+                        let mut dir = heads.clone();
+                        for part in parent
+                            .strip_prefix(&heads)
+                            .unwrap_or(Path::new(""))
+                            .components()
+                        {
+                            dir.push(part);
+                            make_served_dir(&dir)?;
+                        }
                     }
                     write_file_atomic(&tmp, &path, format!("{c}\n").as_bytes(), 0o644)?;
                 }
@@ -439,6 +440,17 @@ impl Drop for Transaction {
             }
             Err(e) => tracing::warn!("could not remove {}: {e}", self.staging.display()),
         }
+    }
+}
+
+/// Creates a directory a static server must read: mode 0755 whatever the
+/// umask (a web server runs as another user). An existing one is left alone.
+fn make_served_dir(dir: &Path) -> Result<(), Error> {
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("chmod", dir)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("create directory", dir)(e)),
     }
 }
 

@@ -77,3 +77,46 @@ fn ls_lists_refs_with_commit_time_and_subject() {
     assert_eq!(json[1]["timestamp"], 1_614_834_367);
     assert_eq!(json[1]["commit"].as_str().map(str::len), Some(64));
 }
+
+#[test]
+fn a_restrictive_umask_leaves_the_repository_servable_and_the_state_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempdir();
+    let repo = tmp.path().join("repo");
+    ok(depot().arg("init").arg(&repo));
+    fs::create_dir_all(tmp.path().join("t")).expect("mkdir");
+    fs::write(tmp.path().join("t/f"), "x").expect("write");
+    let state = tmp.path().join("state");
+    ok(std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 077; exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_depot"))
+        .args(["push", "--no-progress", "--to"])
+        .arg(&repo)
+        .args(["--ref", "proj/a/1"])
+        .arg(tmp.path().join("t"))
+        .env("XDG_STATE_HOME", &state));
+    let mode = |p: &std::path::Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    for entry in walkdir::WalkDir::new(repo.join("objects"))
+        .into_iter()
+        .chain(walkdir::WalkDir::new(repo.join("refs/heads")))
+    {
+        let entry = entry.expect("walk");
+        let want = if entry.file_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        if entry.depth() > 0 {
+            assert_eq!(
+                mode(entry.path()),
+                want,
+                "{} is not readable by a web server",
+                entry.path().display()
+            );
+        }
+    }
+    assert_eq!(mode(&state.join("depot")), 0o700);
+    assert_eq!(mode(&state.join("depot/audit.jsonl")), 0o600);
+}

@@ -5,6 +5,8 @@
 mod cli;
 /// depot commit vs ostree commit: checksums, bytes, fsck, checkout, log, pull.
 mod compat;
+/// The deployment guide end to end with contrib/ and systemd/'s files: sshd, nginx, pulls.
+mod deploy;
 /// Lock interoperability with ostree, both ways.
 mod locking;
 /// Corruptions both tools must reject.

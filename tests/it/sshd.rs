@@ -58,6 +58,13 @@ impl Sshd {
     /// Starts sshd with its files in `dir` (created). Fails the test, naming
     /// the package, when OpenSSH is not installed.
     pub fn start(dir: &Path) -> Sshd {
+        Sshd::start_with(dir, "")
+    }
+
+    /// Starts sshd as [`Sshd::start`] does, with `top` (configuration lines,
+    /// such as an `Include`) at the top of its sshd_config, where Debian's
+    /// sshd_config includes `/etc/ssh/sshd_config.d/*.conf`.
+    pub fn start_with(dir: &Path, top: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: the push tests run a real OpenSSH server. {INSTALL_HINT}"
@@ -86,7 +93,8 @@ impl Sshd {
             fs::write(
                 &config,
                 format!(
-                    "ListenAddress 127.0.0.1:{port}\n\
+                    "{top}\n\
+                     ListenAddress 127.0.0.1:{port}\n\
                      HostKey {host}\n\
                      AuthorizedKeysFile {keys}\n\
                      PidFile none\n\
@@ -202,6 +210,40 @@ impl Sshd {
             port: self.port,
             user: self.user.clone(),
         }
+    }
+
+    /// A new key whose authorized_keys line is `options KEY` verbatim (no
+    /// options: an empty string), as an admin would add it.
+    pub fn add_key(&self, name: &str, options: &str) -> Account {
+        let key = self.dir.join(format!("key-{name}"));
+        keygen(&key);
+        let public = fs::read_to_string(key.with_extension("pub")).expect("read public key");
+        let mut keys = fs::read_to_string(&self.authorized_keys).expect("read authorized_keys");
+        let line = [options, public.trim()].join(" ");
+        let _ = writeln!(keys, "{}", line.trim_start());
+        fs::write(&self.authorized_keys, keys).expect("write authorized_keys");
+        Account {
+            name: name.to_string(),
+            key,
+            pids: self.dir.join(format!("pids-{name}")),
+            port: self.port,
+            user: self.user.clone(),
+        }
+    }
+
+    /// The authorized_keys file sshd reads.
+    pub fn authorized_keys(&self) -> &Path {
+        &self.authorized_keys
+    }
+
+    /// The account every key logs in as: the user running the tests.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The sshd_config this server runs with.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("sshd_config")
     }
 
     /// `ssh://user@127.0.0.1:PORT` followed by `path` (which starts with `/` or is empty).

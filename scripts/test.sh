@@ -19,6 +19,8 @@ command -v python3 >/dev/null || need+=(python3)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 { command -v ssh && command -v ssh-keygen; } >/dev/null || need+=(openssh-client)
 [ -x /usr/bin/time ] || need+=(time)
+# A private CA for the https pull test.
+command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2

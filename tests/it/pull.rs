@@ -197,3 +197,123 @@ fn a_lying_server_is_caught_and_nothing_is_checked_out() {
         "{err}"
     );
 }
+
+/// Runs openssl with `args`, failing the test with the output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    ok(Command::new("openssl").args(args).current_dir(dir));
+}
+
+#[test]
+fn https_with_a_private_ca_works_only_when_given_its_certificate() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    let tls = tmp.path().join("tls");
+    fs::create_dir_all(&tls).expect("mkdir");
+    // A private CA, and a server certificate it signs for 127.0.0.1.
+    openssl(
+        &tls,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=depot test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        &tls,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    fs::write(
+        tls.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    openssl(
+        &tls,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let port = free_port();
+    let root = ok(Command::new("id").arg("-u")).trim() == "0";
+    let conf = format!(
+        "{user}\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{ worker_connections 64; }}\n\
+         http {{ access_log off; client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f; \
+         uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;\n  server {{ listen 127.0.0.1:{port} ssl; \
+         ssl_certificate {dir}/server.pem; ssl_certificate_key {dir}/server.key; root {repo}; }} }}\n",
+        user = if root { "user root;" } else { "" },
+        dir = tls.display(),
+        repo = repo.display(),
+    );
+    fs::write(tls.join("nginx.conf"), conf).expect("conf");
+    let nginx = if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let mut server = Command::new(nginx)
+        .arg("-c")
+        .arg(tls.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nginx (scripts/test.sh installs it)");
+    wait_until(
+        "nginx listening",
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = tls.join("ca.pem");
+    // Not trusted without the CA: refused, and the error says why.
+    let err = fails(depot().args(["ls", &url]));
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // Trusted with it.
+    assert!(ok(depot().args(["ls", &url, "--cacert"]).arg(&ca)).starts_with("proj/x\t"));
+    ok(pull(&url, "proj/x", &tmp.path().join("cache"))
+        .arg(tmp.path().join("co"))
+        .arg("--cacert")
+        .arg(&ca));
+    assert_same_tree(&tree, &tmp.path().join("co"), depot_default(tmp.path()));
+    let _ = server.kill();
+    let _ = server.wait();
+}

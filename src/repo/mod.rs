@@ -324,13 +324,7 @@ impl Repo {
                 reason: "larger than the metadata size limit".into(),
             });
         }
-        let actual = Checksum::of(&data);
-        if name.kind != ObjectType::CommitMeta && actual != name.checksum {
-            return Err(Error::CorruptObject {
-                name: *name,
-                reason: format!("its content hashes to {actual}"),
-            });
-        }
+        verify_named(name, &data)?;
         Ok(data)
     }
 
@@ -506,6 +500,19 @@ fn parse_ref_file(path: &Path, text: &str) -> Result<Checksum, Error> {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })
+}
+
+/// Checks that a metadata object's bytes hash to its name (detached
+/// metadata is named by its commit, so it is exempt).
+pub(crate) fn verify_named(name: &ObjectName, data: &[u8]) -> Result<(), Error> {
+    let actual = Checksum::of(data);
+    if name.kind != ObjectType::CommitMeta && actual != name.checksum {
+        return Err(Error::CorruptObject {
+            name: *name,
+            reason: format!("its content hashes to {actual}"),
+        });
+    }
+    Ok(())
 }
 
 /// Writes `data` to `target` atomically: a temp file in `tmp_dir`, fsync, rename.

@@ -206,13 +206,7 @@ impl Transaction {
     pub fn read_metadata(&self, name: &ObjectName) -> Result<Vec<u8>, Error> {
         match fs::read(self.staged_path(name)) {
             Ok(data) => {
-                let actual = Checksum::of(&data);
-                if name.kind != ObjectType::CommitMeta && actual != name.checksum {
-                    return Err(Error::CorruptObject {
-                        name: *name,
-                        reason: format!("its content hashes to {actual}"),
-                    });
-                }
+                super::verify_named(name, &data)?;
                 Ok(data)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.repo.read_metadata(name),

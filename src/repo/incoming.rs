@@ -4,13 +4,11 @@
 //! hashed, and parsed strictly (normal form, structure, sorting). A `.filez`
 //! is written to staging as it arrives while its header is parsed and its
 //! deflate stream inflated and hashed; at the end its size, its checksum and
-//! the end of its deflate stream must all be exact. Only then is the object
-//! staged under its name. Nothing about the object's name is used to build a
+//! the end of its deflate stream must all be exact, or its file is removed.
+//! Staging is published only after every object in it has passed. Nothing about the object's name is used to build a
 //! path except through [`ObjectName`], which is 64 hex digits and a known kind.
 
-use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 
 use flate2::{Decompress, FlushDecompress, Status};
 use sha2::{Digest, Sha256};
@@ -20,7 +18,8 @@ use crate::object::{
     self, MAX_FILEZ_HEADER, ObjectName, ObjectType, content_checksum_prefix, parse_filez_header,
 };
 
-use super::{Error, Transaction, io_err, tempfile_in};
+use super::transaction::StagingFile;
+use super::{Error, Transaction, io_err};
 
 /// The largest metadata object of each kind accepted from a pusher. ostree
 /// reads up to 128 MiB of any kind; depot's receiver must keep its memory
@@ -83,8 +82,7 @@ enum State {
 }
 
 struct Content {
-    file: BufWriter<File>,
-    tmp: PathBuf,
+    out: BufWriter<StagingFile>,
     /// The 8-byte length prefix and the header, until the header is complete.
     head: Vec<u8>,
     header_len: Option<usize>,
@@ -152,10 +150,9 @@ impl<'t> IncomingObject<'t> {
             }));
         }
         let state = if name.kind == ObjectType::File {
-            let (file, tmp) = tempfile_in(&tx.staging)?;
+            let staging = tx.create_staging_file(&name)?;
             State::Content(Box::new(Content {
-                file: BufWriter::with_capacity(64 * 1024, file),
-                tmp,
+                out: BufWriter::with_capacity(64 * 1024, staging),
                 head: Vec::new(),
                 header_len: None,
                 body: None,
@@ -194,7 +191,9 @@ impl<'t> IncomingObject<'t> {
                 Ok(())
             }
             State::Content(c) => {
-                c.file.write_all(data).map_err(io_err("write", &c.tmp))?;
+                c.out
+                    .write_all(data)
+                    .map_err(io_err("write", &c.out.get_ref().path))?;
                 feed_content(name, c, data, max_content, &mut self.scratch)
             }
         }
@@ -223,10 +222,8 @@ impl<'t> IncomingObject<'t> {
                 self.tx.stage_verified_metadata(&name, &buf)
             }
             State::Content(c) => {
-                let Content {
-                    file, tmp, body, ..
-                } = *c;
-                let result = (|| {
+                let Content { out, body, .. } = *c;
+                {
                     let body =
                         body.ok_or_else(|| invalid(name, "the object ends inside its header"))?;
                     if !body.ended && (body.saw_deflate_bytes || body.payload_size != 0) {
@@ -245,15 +242,12 @@ impl<'t> IncomingObject<'t> {
                     if actual != name.checksum {
                         return Err(Error::Rejected(Rejected::ChecksumMismatch { name, actual }));
                     }
-                    let file = file
-                        .into_inner()
-                        .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
-                    self.tx.stage_verified_file(&file, &tmp, &name)
-                })();
-                if result.is_err() {
-                    let _ = fs::remove_file(&tmp);
+                    let staging = out.into_inner().map_err(|e| {
+                        let (e, staging) = e.into_parts();
+                        io_err("write", &staging.get_ref().path)(e)
+                    })?;
+                    self.tx.finish_staging_file(staging, &name)
                 }
-                result
             }
         }
     }
@@ -358,4 +352,97 @@ fn feed_content(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::object::{FileHeader, Xattrs, write_filez};
+    use crate::repo::Repo;
+
+    fn filez(payload: &[u8]) -> (ObjectName, Vec<u8>) {
+        let header = FileHeader {
+            uid: 0,
+            gid: 0,
+            mode: 0o100_644,
+            symlink_target: String::new(),
+            xattrs: Xattrs::default(),
+        };
+        let mut out = Vec::new();
+        let (sum, _) =
+            write_filez(&header, payload.len() as u64, payload, 6, &mut out).expect("in memory");
+        (ObjectName::new(sum, ObjectType::File), out)
+    }
+
+    fn staging_entries(tx: &Transaction) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&tx.staging)
+            .expect("staging")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn receive(tx: &Transaction, name: ObjectName, bytes: &[u8]) -> Result<(), Error> {
+        let mut obj = tx.begin_object(name, bytes.len() as u64, u64::MAX)?;
+        for chunk in bytes.chunks(7) {
+            obj.feed(chunk)?;
+        }
+        obj.finish()
+    }
+
+    #[test]
+    fn failed_and_abandoned_objects_leave_nothing_staged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        let (name, mut bytes) = filez(b"hello, world");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(receive(&tx, name, &bytes).is_err());
+        assert_eq!(staging_entries(&tx), Vec::<String>::new());
+
+        let mut obj = tx
+            .begin_object(name, bytes.len() as u64, u64::MAX)
+            .expect("begin");
+        obj.feed(&bytes[..10]).expect("feed");
+        assert_eq!(staging_entries(&tx).len(), 1, "written while it streams");
+        drop(obj);
+        assert_eq!(staging_entries(&tx), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_object_received_twice_is_staged_once_under_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        let (name, bytes) = filez(b"the same bytes twice");
+        // The second copy arrives while the first is still streaming.
+        let mut first = tx
+            .begin_object(name, bytes.len() as u64, u64::MAX)
+            .expect("begin");
+        first.feed(&bytes).expect("feed");
+        receive(&tx, name, &bytes).expect("the second copy");
+        first.finish().expect("the first copy");
+        assert_eq!(staging_entries(&tx), [name.to_string()]);
+        // A copy that fails does not take the good one with it.
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        assert!(receive(&tx, name, &bad).is_err());
+        assert_eq!(staging_entries(&tx), [name.to_string()]);
+        // Nor does a copy under the object's name that fails after a good
+        // copy replaced it.
+        let (other, other_bytes) = filez(b"another object");
+        let mut doomed = tx
+            .begin_object(other, other_bytes.len() as u64 + 1, u64::MAX)
+            .expect("begin");
+        doomed.feed(&other_bytes).expect("feed");
+        receive(&tx, other, &other_bytes).expect("a good copy");
+        assert!(doomed.finish().is_err(), "one byte short");
+        assert_eq!(staging_entries(&tx).len(), 2);
+        tx.publish_unsynced().expect("publish");
+        assert_eq!(fs::read(repo.object_path(&name)).expect("published"), bytes);
+    }
 }

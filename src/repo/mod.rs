@@ -545,9 +545,31 @@ pub(crate) fn write_file_atomic(
     result
 }
 
+/// Creates `path`, which must not exist, for writing (mode 0644 before the umask).
+pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+}
+
+/// Whether the process's umask leaves every bit of `mode` alone, so that
+/// files created with it need no `chmod`. Read once from `/proc`; where it
+/// cannot be read, the answer is no.
+pub(crate) fn umask_keeps(mode: u32) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    });
+    umask.is_some_and(|u| u & mode == 0)
+}
+
 /// Creates a new, uniquely named file in `dir` (mode 0644 before the umask).
 pub(crate) fn tempfile_in(dir: &Path) -> Result<(File, PathBuf), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
@@ -555,16 +577,17 @@ pub(crate) fn tempfile_in(dir: &Path) -> Result<(File, PathBuf), Error> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = dir.join(format!(".depot-tmp-{}-{n}-{nanos:x}", std::process::id()));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path)
-        {
+        let path = dir.join(format!(".depot-tmp-{}-{n}-{nanos:x}", process_id()));
+        match create_new_file(&path) {
             Ok(f) => return Ok((f, path)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("create temporary file in", dir)(e)),
         }
     }
+}
+
+/// This process's id, asked of the kernel once.
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }

@@ -11,7 +11,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +30,45 @@ const LOCK_SUFFIX: &str = ".lock";
 /// A staging directory without its lock file (something else deleted it)
 /// is abandoned once it is this old.
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// A file in staging that an object is being written to. Dropped before
+/// [`Transaction::finish_staging_file`] accepts it (the object failed, or
+/// its writer gave up), it removes itself.
+#[derive(Debug)]
+pub(super) struct StagingFile {
+    file: File,
+    pub(super) path: PathBuf,
+    /// Whether `path` is the object's staged name already.
+    named: bool,
+    kept: bool,
+}
+
+impl Write for StagingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for StagingFile {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        // Under the object's name, another writer's complete copy may have
+        // replaced this file meanwhile: remove only this file.
+        let ours = match (self.file.metadata(), fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if ours {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
 
 /// What a ref must hold for an update to apply (compare-and-swap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,18 +161,15 @@ impl Transaction {
         if self.has_object(&name) {
             return Ok(checksum);
         }
-        let (mut file, tmp) = tempfile_in(&self.staging)?;
-        let result = file
+        self.stage_bytes(&name, bytes).map(|()| checksum)
+    }
+
+    fn stage_bytes(&self, name: &ObjectName, bytes: &[u8]) -> Result<(), Error> {
+        let mut staging = self.create_staging_file(name)?;
+        staging
             .write_all(bytes)
-            .and_then(|()| file.set_permissions(fs::Permissions::from_mode(0o644)))
-            .map_err(io_err("write", &tmp))
-            .and_then(|()| {
-                fs::rename(&tmp, self.staged_path(&name)).map_err(io_err("stage", &tmp))
-            });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map(|()| checksum)
+            .map_err(io_err("write", &staging.path))?;
+        self.finish_staging_file(staging, name)
     }
 
     /// Stages a content object from its payload, compressing it at the
@@ -150,22 +186,16 @@ impl Transaction {
         source: &Path,
     ) -> Result<(), Error> {
         let name = ObjectName::new(*expected, ObjectType::File);
-        let (file, tmp) = tempfile_in(&self.staging)?;
-        let result = (|| {
-            let out = BufWriter::with_capacity(64 * 1024, &file);
-            let (actual, total) = write_filez(header, size, payload, self.repo.zlib_level, out)
-                .map_err(io_err("read and store", source))?;
-            if total != size || actual != *expected {
-                return Err(Error::ChangedWhileReading {
-                    path: source.to_path_buf(),
-                });
-            }
-            self.finish_staged(&file, &tmp, &name)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let mut staging = self.create_staging_file(&name)?;
+        let out = BufWriter::with_capacity(64 * 1024, &mut staging);
+        let (actual, total) = write_filez(header, size, payload, self.repo.zlib_level, out)
+            .map_err(io_err("read and store", source))?;
+        if total != size || actual != *expected {
+            return Err(Error::ChangedWhileReading {
+                path: source.to_path_buf(),
+            });
         }
-        result
+        self.finish_staging_file(staging, &name)
     }
 
     /// Starts receiving a pushed object whose stored form is `size` bytes.
@@ -185,20 +215,59 @@ impl Transaction {
     ) -> Result<(), Error> {
         if name.kind == ObjectType::CommitMeta {
             // Named by its commit, not by its own hash.
-            let (mut file, tmp) = tempfile_in(&self.staging)?;
-            file.write_all(bytes).map_err(io_err("write", &tmp))?;
-            return self.finish_staged(&file, &tmp, name);
+            return self.stage_bytes(name, bytes);
         }
         self.write_metadata(name.kind, bytes).map(drop)
     }
 
-    pub(super) fn stage_verified_file(
+    /// Creates the file an object is staged in: under the object's own name
+    /// when that is free, so that publishing is one rename; else (the object
+    /// is staged already, or is being written by another thread) under a
+    /// temporary name that replaces the staged one once complete. Either way
+    /// an incomplete file is never published: publishing happens only after
+    /// every writer has finished, and a failed writer discards its file or
+    /// the whole transaction.
+    pub(super) fn create_staging_file(&self, name: &ObjectName) -> Result<StagingFile, Error> {
+        let path = self.staged_path(name);
+        match super::create_new_file(&path) {
+            Ok(file) => Ok(StagingFile {
+                file,
+                path,
+                named: true,
+                kept: false,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let (file, path) = tempfile_in(&self.staging)?;
+                Ok(StagingFile {
+                    file,
+                    path,
+                    named: false,
+                    kept: false,
+                })
+            }
+            Err(e) => Err(io_err("create", &path)(e)),
+        }
+    }
+
+    /// Completes a staging file whose content is verified: objects are
+    /// 0644 whatever the umask, and a temporary name replaces the object's.
+    pub(super) fn finish_staging_file(
         &self,
-        file: &File,
-        tmp: &Path,
+        mut staging: StagingFile,
         name: &ObjectName,
     ) -> Result<(), Error> {
-        self.finish_staged(file, tmp, name)
+        if !super::umask_keeps(0o644) {
+            staging
+                .file
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(io_err("chmod", &staging.path))?;
+        }
+        if !staging.named {
+            fs::rename(&staging.path, self.staged_path(name))
+                .map_err(io_err("stage", &staging.path))?;
+        }
+        staging.kept = true;
+        Ok(())
     }
 
     /// Reads a metadata object from this transaction's staging or from the
@@ -297,12 +366,6 @@ impl Transaction {
             };
         }
         Ok(false)
-    }
-
-    fn finish_staged(&self, file: &File, tmp: &Path, name: &ObjectName) -> Result<(), Error> {
-        file.set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(io_err("chmod", tmp))?;
-        fs::rename(tmp, self.staged_path(name)).map_err(io_err("stage", tmp))
     }
 
     /// Publishes every staged object, then applies `updates` atomically with

@@ -108,21 +108,27 @@ fn depot_waits_for_ostree_exclusive_lock_then_fails_clearly() {
         .arg(tmp.path().join("tree")));
 }
 
-/// `depot commit` under strace, killed by SIGKILL at the `when`-th `rename`
-/// of its main thread (or never, with `None`). Returns strace's output file.
+/// `depot commit` under strace, killed by SIGKILL when a thread makes its
+/// `when`-th call of `syscall` (or never, with `None`). Returns strace's
+/// output; its trace of `rename` calls is in the file `trace`.
 fn commit_under_strace(
     repo: &Path,
     tree: &Path,
-    when: Option<usize>,
+    kill_at: Option<(&str, usize)>,
     trace: &Path,
 ) -> std::process::Output {
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-o"])
-        .arg(trace)
-        .args(["-e", "trace=rename"]);
-    if let Some(k) = when {
-        cmd.args(["-e", &format!("inject=rename:signal=KILL:when={k}")]);
-    }
+    cmd.args(["-f", "-qq", "-o"]).arg(trace);
+    match kill_at {
+        // strace injects only into the calls it traces.
+        Some((syscall, k)) => cmd.args([
+            "-e",
+            &format!("trace=rename,{syscall}"),
+            "-e",
+            &format!("inject={syscall}:signal=KILL:when={k}"),
+        ]),
+        None => cmd.args(["-e", "trace=rename"]),
+    };
     cmd.arg(env!("CARGO_BIN_EXE_depot"))
         .args(["commit", "--repo"])
         .arg(repo)
@@ -141,8 +147,8 @@ fn a_commit_killed_at_any_step_leaves_a_valid_repository() {
         fs::write(tree.join(format!("f{i}")), format!("content {i}")).expect("write");
         fs::write(tree.join("sub").join(format!("g{i}")), format!("more {i}")).expect("write");
     }
-    // A dry run on a copy finds the main thread's renames: staging of the
-    // metadata, publishing every object, and last the ref.
+    // A dry run on a copy finds the main thread's renames: publishing every
+    // object, and last the ref.
     let dry = tmp.path().join("dry");
     ok(Command::new("cp").arg("-a").arg(&repo_path).arg(&dry));
     let trace = tmp.path().join("trace");
@@ -166,9 +172,16 @@ fn a_commit_killed_at_any_step_leaves_a_valid_repository() {
         .iter()
         .position(|l| l.contains("/objects/"))
         .expect("objects are published");
-    // Kill: while staging, at the first publish, mid-publish, at the commit
-    // object's publish, and at the ref write.
-    let points = [1, publish_start + 1, publish_start.midpoint(n), n - 1, n];
+    // Kill: with everything staged (at the syncfs before publishing), at the
+    // first publish, mid-publish, at the commit object's publish, and at the
+    // ref write.
+    let points = [
+        ("syncfs", 1),
+        ("rename", publish_start + 1),
+        ("rename", (publish_start + 1).midpoint(n)),
+        ("rename", n - 1),
+        ("rename", n),
+    ];
     let before = read_ref(&repo_path, "main");
     let staging = |repo: &Path| -> Vec<String> {
         fs::read_dir(repo.join("tmp"))
@@ -178,35 +191,35 @@ fn a_commit_killed_at_any_step_leaves_a_valid_repository() {
             .filter(|n| n.starts_with("depot-"))
             .collect()
     };
-    for k in points {
+    for (syscall, k) in points {
         // Every kill starts from the same repository.
-        let copy = tmp.path().join(format!("kill-{k}"));
+        let copy = tmp.path().join(format!("kill-{syscall}-{k}"));
         ok(Command::new("cp").arg("-a").arg(&repo_path).arg(&copy));
-        let out = commit_under_strace(&copy, &tree, Some(k), &trace);
+        let out = commit_under_strace(&copy, &tree, Some((syscall, k)), &trace);
         assert!(
             !out.status.success(),
-            "the commit was not killed at rename {k} of {n}"
+            "the commit was not killed at {syscall} {k} (of {n} renames)"
         );
         assert_eq!(
             read_ref(&copy, "main"),
             before,
-            "killed at rename {k} of {n}, yet the ref moved"
+            "killed at {syscall} {k} (of {n} renames), yet the ref moved"
         );
         ok(ostree_in(&copy).arg("fsck"));
         ok(depot_in("fsck", &copy));
         // What the killed run left goes with the next transaction.
         assert!(
             !staging(&copy).is_empty(),
-            "a run killed at rename {k} leaves its staging behind"
+            "a run killed at {syscall} {k} leaves its staging behind"
         );
         ok(depot_in("commit", &copy).args(["--ref", "main"]).arg(&tree));
         assert!(
             staging(&copy).is_empty(),
-            "leftovers after rename {k}: {:?}",
+            "leftovers after {syscall} {k}: {:?}",
             staging(&copy)
         );
         ok(ostree_in(&copy)
             .args(["checkout", "-U", "main"])
-            .arg(tmp.path().join(format!("co-{k}"))));
+            .arg(tmp.path().join(format!("co-{syscall}-{k}"))));
     }
 }

@@ -12,10 +12,18 @@
 //! archive repository; what is already there is not fetched again, so an
 //! interrupted pull resumes. Requests run in parallel over a pool of
 //! kept-alive connections. HTTP 403, 404 and 410 mean "absent", as in ostree.
+//!
+//! A checkout is written while its objects stream in: each file is inflated
+//! once, into the cache's verifier and its place in the checkout together,
+//! and the checkout is built beside DEST and renamed into place only when
+//! every object in it has been verified.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -23,9 +31,9 @@ use tokio::task::JoinSet;
 use crate::checksum::Checksum;
 use crate::gvariant::{self, Type, Value};
 use crate::object::{DirTree, MAX_METADATA_SIZE, ObjectName, ObjectType};
-use crate::read::{self, CheckoutOptions, CheckoutStats};
+use crate::read::{self, Checkout, CheckoutOptions, CheckoutStats};
 use crate::refname::RefName;
-use crate::repo::{self, Repo, Transaction};
+use crate::repo::{self, PayloadSink, Repo, Transaction};
 
 /// Requests in flight at once (ostree uses 8).
 const PARALLEL_REQUESTS: usize = 16;
@@ -335,45 +343,98 @@ struct Fetcher {
     tx: Arc<Transaction>,
     permits: Arc<Semaphore>,
     max_object_size: u64,
+    fetched: Arc<AtomicU64>,
 }
 
 impl Fetcher {
     /// Fetches every name in `names` the cache lacks; each object is verified
     /// as it streams and staged.
     async fn fetch_all(&self, names: Vec<(ObjectName, Option<u64>)>) -> Result<(), Error> {
-        let mut set = JoinSet::new();
-        for (name, max) in names {
-            if self.tx.has_object(&name) {
-                continue;
+        let jobs = names
+            .into_iter()
+            .filter(|(name, _)| !self.tx.has_object(name))
+            .map(|(name, max)| {
+                let (remote, tx) = (self.remote.clone(), Arc::clone(&self.tx));
+                let limit = max.unwrap_or(self.max_object_size);
+                async move { fetch_one(&remote, &tx, name, limit, None).await }
+            });
+        self.run(jobs).await
+    }
+
+    /// Fetches content objects straight into their places in `checkout`
+    /// while they are staged in the cache.
+    async fn fetch_into(
+        &self,
+        files: &[(Checksum, Vec<PathBuf>)],
+        checkout: &Arc<Checkout>,
+    ) -> Result<(), Error> {
+        let jobs = files.iter().map(|(checksum, paths)| {
+            let (remote, tx) = (self.remote.clone(), Arc::clone(&self.tx));
+            let (checkout, paths) = (Arc::clone(checkout), paths.clone());
+            let name = ObjectName::new(*checksum, ObjectType::File);
+            let limit = self.max_object_size;
+            async move {
+                let mut sink = checkout.sink(&paths);
+                fetch_one(&remote, &tx, name, limit, Some(&mut sink)).await?;
+                Ok(sink.finish()?)
             }
+        });
+        self.run(jobs).await
+    }
+
+    /// Runs `jobs` with at most [`PARALLEL_REQUESTS`] at once, stopping at
+    /// the first error.
+    async fn run<F>(&self, jobs: impl IntoIterator<Item = F>) -> Result<(), Error>
+    where
+        F: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let mut set = JoinSet::new();
+        for job in jobs {
             let permit = Arc::clone(&self.permits)
                 .acquire_owned()
                 .await
                 .map_err(|e| Error::Local(e.to_string()))?;
-            let remote = self.remote.clone();
-            let tx = Arc::clone(&self.tx);
-            let limit = max.unwrap_or(self.max_object_size);
+            let fetched = Arc::clone(&self.fetched);
             set.spawn(async move {
-                let r = fetch_one(&remote, &tx, name, limit).await;
+                let r = job.await;
                 drop(permit);
+                fetched.fetch_add(1, Ordering::Relaxed);
                 r
             });
             while let Some(done) = set.try_join_next() {
-                done.map_err(|e| Error::Local(e.to_string()))??;
+                if let Err(e) = flatten(done) {
+                    set.shutdown().await;
+                    return Err(e);
+                }
             }
         }
         while let Some(done) = set.join_next().await {
-            done.map_err(|e| Error::Local(e.to_string()))??;
+            if let Err(e) = flatten(done) {
+                // Every other fetch is stopped and has removed its partial
+                // files before the caller keeps what was verified.
+                set.shutdown().await;
+                return Err(e);
+            }
         }
         Ok(())
     }
 }
 
+fn flatten(done: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    done.map_err(|e| Error::Local(e.to_string()))?
+}
+
+/// Fetches one object into `tx`, verifying it as it streams; a content
+/// object's payload also goes to `sink`. The CPU work (inflating, hashing,
+/// writing) runs right in the task, a chunk at a time: every task on this
+/// runtime is a fetch, and handing each chunk to another thread cost more
+/// than it saved.
 async fn fetch_one(
     remote: &Remote,
     tx: &Transaction,
     name: ObjectName,
     limit: u64,
+    mut sink: Option<&mut (dyn PayloadSink + Send)>,
 ) -> Result<(), Error> {
     let path = name.relative_path();
     let url = remote.url(&path);
@@ -393,19 +454,27 @@ async fn fetch_one(
             reason: format!("{size} bytes, more than the {limit} allowed"),
         });
     }
-    let bad = |e: repo::Error| Error::Invalid {
-        url: url.clone(),
-        reason: crate::error_chain(&e),
+    // What is wrong with the object names the URL; a local failure (the
+    // cache's or the checkout's disk) is reported as it is.
+    let bad = |e: repo::Error| match e {
+        repo::Error::Io { .. } => Error::Repo(e),
+        e => Error::Invalid {
+            url: url.clone(),
+            reason: crate::error_chain(&e),
+        },
     };
     let mut obj = tx.begin_object(name, size, limit).map_err(bad)?;
     while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Http {
         url: url.clone(),
         reason: crate::error_chain(&e),
     })? {
-        // Inflating and hashing is CPU work: let the runtime move other tasks.
-        tokio::task::block_in_place(|| obj.feed(&chunk)).map_err(bad)?;
+        obj.feed_to(
+            &chunk,
+            sink.as_deref_mut().map(|s| s as &mut dyn PayloadSink),
+        )
+        .map_err(bad)?;
     }
-    tokio::task::block_in_place(|| obj.finish()).map_err(bad)
+    obj.finish().map_err(bad)
 }
 
 /// Where pulled objects are kept: `$XDG_CACHE_HOME/depot/<url hash>`.
@@ -469,12 +538,12 @@ pub fn pull(
     rt.block_on(async {
         let started = std::time::Instant::now();
         let (commit, commit_size) = remote.resolve(name).await?;
-        let before = count_objects(&repo);
-        let fetcher = Fetcher {
+        let mut fetcher = Fetcher {
             remote: remote.clone(),
             tx: Arc::new(repo.begin()?),
             permits: Arc::new(Semaphore::new(PARALLEL_REQUESTS)),
             max_object_size: u64::MAX,
+            fetched: Arc::new(AtomicU64::new(0)),
         };
         let commit_name = ObjectName::new(commit, ObjectType::Commit);
         fetcher
@@ -484,31 +553,25 @@ pub fn pull(
             )])
             .await?;
         let c = fetcher.tx.load_commit(&commit)?;
-        let mut fetcher = fetcher;
-        match target {
-            Target::Checkout(_) => {
-                fetch_tree(&mut fetcher, &repo, c.root_tree, c.root_meta).await?;
-            }
-            Target::File { path, .. } => fetch_path(&mut fetcher, &c, path).await?,
-        }
-        publish(fetcher)?;
-        tracing::info!("fetched and verified in {:.2?}", started.elapsed());
-        let fetched = count_objects(&repo).saturating_sub(before);
         let checkout = match target {
-            Target::Checkout(dest) => Some(read::checkout(
-                &repo,
-                &commit,
-                dest,
-                CheckoutOptions::default(),
-            )?),
-            Target::File { path, out } => {
-                let mut w = read::output(out)?;
-                read::cat(&repo, &commit, path, &mut w)?;
-                std::io::Write::flush(&mut w)
-                    .map_err(|e| Error::Local(format!("write {}: {e}", out.display())))?;
-                None
+            Target::Checkout(dest) => {
+                pull_checkout(&mut fetcher, &repo, c.root_tree, c.root_meta, dest).await
             }
+            Target::File { path, .. } => fetch_path(&mut fetcher, &c, path).await.map(|()| None),
         };
+        // What was verified stays in the cache even when the pull failed, so
+        // that the next one resumes.
+        let fetched = fetcher.fetched.load(Ordering::Relaxed);
+        let published = publish(fetcher);
+        let checkout = checkout?;
+        published?;
+        if let Target::File { path, out } = target {
+            let mut w = read::output(out)?;
+            read::cat(&repo, &commit, path, &mut w)?;
+            std::io::Write::flush(&mut w)
+                .map_err(|e| Error::Local(format!("write {}: {e}", out.display())))?;
+        }
+        tracing::info!("pulled in {:.2?}", started.elapsed());
         Ok(Outcome {
             commit,
             fetched,
@@ -525,14 +588,6 @@ fn publish(fetcher: Fetcher) -> Result<(), Error> {
     Ok(())
 }
 
-fn count_objects(repo: &Repo) -> u64 {
-    walkdir::WalkDir::new(repo.path().join("objects"))
-        .min_depth(2)
-        .into_iter()
-        .filter_map(Result::ok)
-        .count() as u64
-}
-
 /// Starts a new cache transaction after publishing the current one, so an
 /// interrupted pull keeps what it has.
 fn checkpoint(fetcher: &mut Fetcher, repo: &Repo) -> Result<(), Error> {
@@ -540,21 +595,28 @@ fn checkpoint(fetcher: &mut Fetcher, repo: &Repo) -> Result<(), Error> {
     let old = std::mem::replace(&mut fetcher.tx, next);
     let old = Arc::try_unwrap(old)
         .map_err(|_| Error::Local("the cache transaction is still in use".into()))?;
+    let t = std::time::Instant::now();
     old.publish_unsynced()?;
+    tracing::debug!("checkpoint in {:.2?}", t.elapsed());
     Ok(())
 }
 
-/// Fetches a whole tree: dirtrees and dirmetas level by level, then files.
-async fn fetch_tree(
+/// Fetches a whole tree and checks it out into `dest`: dirtrees and
+/// dirmetas level by level, then the directories are made, then the files
+/// the cache has are written from it and the others fetched straight into
+/// place, [`PUBLISH_EVERY`] at a time. The checkout is built in a hidden
+/// sibling of `dest` and renamed to `dest` once complete, so `dest` never
+/// holds a partial tree; after a failure the sibling is removed.
+async fn pull_checkout(
     fetcher: &mut Fetcher,
     repo: &Repo,
     root_tree: Checksum,
     root_meta: Checksum,
-) -> Result<(), Error> {
+    dest: &Path,
+) -> Result<Option<CheckoutStats>, Error> {
+    let partial = partial_checkout_dir(dest)?;
     let mut level = vec![(root_tree, root_meta)];
     let mut seen = HashSet::new();
-    let mut files: Vec<(ObjectName, Option<u64>)> = Vec::new();
-    let mut file_seen = HashSet::new();
     let mut depth = 0usize;
     while !level.is_empty() {
         depth += 1;
@@ -577,24 +639,92 @@ async fn fetch_tree(
         fetcher.fetch_all(names).await?;
         let mut next = Vec::new();
         for (t, _) in &level {
-            if !seen.insert(*t) {
-                continue;
+            if seen.insert(*t) {
+                let tree = load_tree(fetcher, t)?;
+                next.extend(tree.dirs().iter().map(|d| (d.tree, d.meta)));
             }
-            let tree = load_tree(fetcher, t)?;
-            for (_, f) in tree.files() {
-                if file_seen.insert(*f) {
-                    files.push((ObjectName::new(*f, ObjectType::File), None));
-                }
-            }
-            next.extend(tree.dirs().iter().map(|d| (d.tree, d.meta)));
         }
         level = next;
     }
-    for batch in files.chunks(PUBLISH_EVERY) {
-        fetcher.fetch_all(batch.to_vec()).await?;
+    checkpoint(fetcher, repo)?;
+    tracing::debug!("directories fetched");
+    match fill_checkout(fetcher, repo, root_tree, root_meta, &partial).await {
+        Ok(stats) => {
+            std::fs::rename(&partial, dest).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&partial);
+                Error::Local(format!(
+                    "move the finished checkout to {}: {e}",
+                    dest.display()
+                ))
+            })?;
+            Ok(Some(stats))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Err(e)
+        }
+    }
+}
+
+/// Checks that `dest` does not exist or is an empty directory, and names the
+/// hidden sibling a checkout into it is built in.
+fn partial_checkout_dir(dest: &Path) -> Result<PathBuf, Error> {
+    match std::fs::read_dir(dest) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::Read(read::Error::DestinationExists {
+                    path: dest.to_path_buf(),
+                }));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
+            if parent.is_some_and(|p| !p.is_dir()) {
+                return Err(Error::Local(format!(
+                    "{} is not a directory; create it first",
+                    parent.unwrap_or(dest).display()
+                )));
+            }
+        }
+        Err(e) => return Err(Error::Local(format!("read {}: {e}", dest.display()))),
+    }
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::Local(format!("{} names no directory", dest.display())))?;
+    let hidden = format!(
+        ".{}.depot-pull-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
+    Ok(dest.with_file_name(hidden))
+}
+
+async fn fill_checkout(
+    fetcher: &mut Fetcher,
+    repo: &Repo,
+    root_tree: Checksum,
+    root_meta: Checksum,
+    dir: &Path,
+) -> Result<CheckoutStats, Error> {
+    let checkout = Checkout::prepare(repo, root_tree, root_meta, dir, CheckoutOptions::default())?;
+    let (cached, missing): (Vec<_>, Vec<_>) = checkout
+        .files()
+        .iter()
+        .cloned()
+        .partition(|(c, _)| repo.has_object(&ObjectName::new(*c, ObjectType::File)));
+    cached
+        .par_iter()
+        .try_for_each(|(c, paths)| checkout.write_from_repo(repo, c, paths))?;
+    tracing::debug!("directories made, {} files from the cache", cached.len());
+    let checkout = Arc::new(checkout);
+    for batch in missing.chunks(PUBLISH_EVERY) {
+        fetcher.fetch_into(batch, &checkout).await?;
         checkpoint(fetcher, repo)?;
     }
-    Ok(())
+    tracing::debug!("{} files fetched", missing.len());
+    let checkout = Arc::try_unwrap(checkout)
+        .map_err(|_| Error::Local("the checkout is still in use".into()))?;
+    Ok(checkout.finish()?)
 }
 
 fn load_tree(fetcher: &Fetcher, tree: &Checksum) -> Result<DirTree, Error> {

@@ -5,10 +5,10 @@
 //! checkout or `cat` of a corrupt object fails instead of producing wrong
 //! bytes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::checksum::Checksum;
 use crate::object::{Commit, DirMeta, FileHeader, ObjectName, ObjectType, Xattrs};
-use crate::repo::{self, Repo};
+use crate::repo::{self, PayloadSink, Repo};
 
 /// Errors of reading commits.
 #[derive(Debug, thiserror::Error)]
@@ -225,11 +225,6 @@ impl CheckoutOptions {
     }
 }
 
-struct FileJob {
-    path: PathBuf,
-    checksum: Checksum,
-}
-
 /// Checks out `commit` into `dest`, which must not exist or be empty. Files
 /// are written in parallel; modes, symlinks and, where the file system and
 /// permissions allow, xattrs are restored as [`CheckoutOptions`] says.
@@ -258,113 +253,272 @@ pub fn checkout_subpath(
             what: "a file".into(),
         });
     };
-    match fs::read_dir(dest) {
-        Ok(mut it) => {
-            if it.next().is_some() {
-                return Err(Error::DestinationExists {
-                    path: dest.to_path_buf(),
-                });
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dest)
-                .map_err(io_err("create directory", dest))?;
-        }
-        Err(e) => return Err(io_err("read", dest)(e)),
-    }
-    // Pass 1: directories (pre-order) and the list of files.
-    let mut dirs: Vec<(PathBuf, DirMeta)> = Vec::new();
-    let mut jobs: Vec<FileJob> = Vec::new();
-    let mut stack = vec![(dest.to_path_buf(), tree, meta, 0usize)];
-    while let Some((path, tree, meta, depth)) = stack.pop() {
-        if depth > MAX_TREE_DEPTH {
-            return Err(Error::TooDeep {
-                path: path
-                    .strip_prefix(dest)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string(),
-            });
-        }
-        let t = repo.load_dirtree(&tree)?;
-        let m = repo.load_dirmeta(&meta)?;
-        if path != dest {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&path)
-                .map_err(io_err("create directory", &path))?;
-        }
-        for (name, c) in t.files() {
-            jobs.push(FileJob {
-                path: path.join(name.as_str()),
-                checksum: *c,
-            });
-        }
-        for d in t.dirs() {
-            stack.push((path.join(d.name.as_str()), d.tree, d.meta, depth + 1));
-        }
-        dirs.push((path, m));
-    }
-    // Pass 2: files, in parallel.
-    let stats = Counters::default();
-    jobs.par_iter()
-        .try_for_each(|job| write_file(repo, job, &stats, opts))?;
-    // Pass 3: directory modes and xattrs, deepest first, so that a read-only
-    // directory is made read-only only after it is filled.
-    for (path, meta) in dirs.iter().rev() {
-        set_xattrs(path, &meta.xattrs, &stats, opts);
-        fs::set_permissions(path, fs::Permissions::from_mode(opts.mode(meta.mode)))
-            .map_err(io_err("chmod", path))?;
-    }
-    Ok(CheckoutStats {
-        files: stats.files.into_inner(),
-        symlinks: stats.symlinks.into_inner(),
-        dirs: dirs.len() as u64,
-        bytes: stats.bytes.into_inner(),
-        xattrs_skipped: stats.xattrs_skipped.into_inner(),
-    })
+    let checkout = Checkout::prepare(repo, tree, meta, dest, opts)?;
+    checkout
+        .files()
+        .par_iter()
+        .try_for_each(|(checksum, paths)| checkout.write_from_repo(repo, checksum, paths))?;
+    checkout.finish()
 }
 
-#[derive(Default)]
+/// A checkout in progress: its directories are made, its files are placed
+/// one content object at a time (from a repository, or by whoever fetches
+/// the objects), and [`Checkout::finish`] gives the directories their modes.
+#[derive(Debug)]
+pub struct Checkout {
+    opts: CheckoutOptions,
+    /// Pre-order, so that reversed, children come before parents.
+    dirs: Vec<(PathBuf, DirMeta)>,
+    /// The paths of every content object, in the order first met.
+    files: Vec<(Checksum, Vec<PathBuf>)>,
+    stats: Counters,
+}
+
+impl Checkout {
+    /// Makes the directories of the tree `tree`/`meta` under `dest` (which
+    /// must not exist or be empty; they stay private until
+    /// [`finish`](Checkout::finish)) and lists its files. Every dirtree and
+    /// dirmeta must be in `repo`.
+    pub fn prepare(
+        repo: &Repo,
+        tree: Checksum,
+        meta: Checksum,
+        dest: &Path,
+        opts: CheckoutOptions,
+    ) -> Result<Checkout, Error> {
+        match fs::read_dir(dest) {
+            Ok(mut it) => {
+                if it.next().is_some() {
+                    return Err(Error::DestinationExists {
+                        path: dest.to_path_buf(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(dest)
+                    .map_err(io_err("create directory", dest))?;
+            }
+            Err(e) => return Err(io_err("read", dest)(e)),
+        }
+        let mut dirs: Vec<(PathBuf, DirMeta)> = Vec::new();
+        let mut files: Vec<(Checksum, Vec<PathBuf>)> = Vec::new();
+        let mut index: HashMap<Checksum, usize> = HashMap::new();
+        let mut stack = vec![(dest.to_path_buf(), tree, meta, 0usize)];
+        while let Some((path, tree, meta, depth)) = stack.pop() {
+            if depth > MAX_TREE_DEPTH {
+                return Err(Error::TooDeep {
+                    path: path
+                        .strip_prefix(dest)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                });
+            }
+            let t = repo.load_dirtree(&tree)?;
+            let m = repo.load_dirmeta(&meta)?;
+            if path != dest {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(io_err("create directory", &path))?;
+            }
+            for (name, c) in t.files() {
+                let at = *index.entry(*c).or_insert_with(|| {
+                    files.push((*c, Vec::new()));
+                    files.len() - 1
+                });
+                files[at].1.push(path.join(name.as_str()));
+            }
+            for d in t.dirs() {
+                stack.push((path.join(d.name.as_str()), d.tree, d.meta, depth + 1));
+            }
+            dirs.push((path, m));
+        }
+        Ok(Checkout {
+            opts,
+            dirs,
+            files,
+            stats: Counters::default(),
+        })
+    }
+
+    /// Every content object and the paths it goes to.
+    pub fn files(&self) -> &[(Checksum, Vec<PathBuf>)] {
+        &self.files
+    }
+
+    /// Places the content object `checksum` at `paths`, read from `repo`.
+    pub fn write_from_repo(
+        &self,
+        repo: &Repo,
+        checksum: &Checksum,
+        paths: &[PathBuf],
+    ) -> Result<(), Error> {
+        let mut reader = repo.open_content(checksum)?;
+        let mut sink = self.sink(paths);
+        sink.start(reader.header(), reader.size())?;
+        let mut buf = vec![
+            0u8;
+            usize::try_from(reader.size())
+                .map_or(COPY_CHUNK, |n| n.clamp(1, COPY_CHUNK))
+        ];
+        loop {
+            // The read that reaches the end verifies the object.
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(io_err(
+                        "read",
+                        &repo.object_path(&ObjectName::new(*checksum, ObjectType::File)),
+                    )(e));
+                }
+            };
+            sink.write(&buf[..n])?;
+        }
+        sink.finish()
+    }
+
+    /// A sink that places one content object's payload at `paths`; call
+    /// [`FileSink::finish`] once the object is verified.
+    pub fn sink<'c>(&'c self, paths: &'c [PathBuf]) -> FileSink<'c> {
+        FileSink {
+            checkout: self,
+            paths,
+            header: None,
+            out: None,
+            done: false,
+        }
+    }
+
+    /// Gives the directories their modes and xattrs, deepest first, so that
+    /// a read-only directory is made read-only only after it is filled.
+    pub fn finish(self) -> Result<CheckoutStats, Error> {
+        for (path, meta) in self.dirs.iter().rev() {
+            set_xattrs(path, &meta.xattrs, &self.stats, self.opts);
+            fs::set_permissions(path, fs::Permissions::from_mode(self.opts.mode(meta.mode)))
+                .map_err(io_err("chmod", path))?;
+        }
+        Ok(CheckoutStats {
+            files: self.stats.files.into_inner(),
+            symlinks: self.stats.symlinks.into_inner(),
+            dirs: self.dirs.len() as u64,
+            bytes: self.stats.bytes.into_inner(),
+            xattrs_skipped: self.stats.xattrs_skipped.into_inner(),
+        })
+    }
+}
+
+/// The most written to a checked-out file at once.
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// Places one content object in a [`Checkout`]: the payload goes to the
+/// first path as it arrives, [`finish`](FileSink::finish) (once the object
+/// is verified) gives it its mode and xattrs and copies it to the other
+/// paths. Dropped unfinished, it removes what it wrote.
+#[derive(Debug)]
+pub struct FileSink<'c> {
+    checkout: &'c Checkout,
+    paths: &'c [PathBuf],
+    header: Option<FileHeader>,
+    out: Option<io::BufWriter<File>>,
+    done: bool,
+}
+
+impl FileSink<'_> {
+    fn first(&self) -> &Path {
+        &self.paths[0]
+    }
+
+    /// Completes the placement of a verified object.
+    pub fn finish(mut self) -> Result<(), Error> {
+        let header = self.header.clone().ok_or_else(|| Error::Io {
+            op: "write",
+            path: self.first().to_path_buf(),
+            source: io::Error::new(io::ErrorKind::UnexpectedEof, "no content arrived"),
+        })?;
+        let (opts, stats) = (self.checkout.opts, &self.checkout.stats);
+        if header.is_symlink() {
+            for path in self.paths {
+                std::os::unix::fs::symlink(&header.symlink_target, path)
+                    .map_err(io_err("create symlink", path))?;
+                set_xattrs(path, &header.xattrs, stats, opts);
+                stats.symlinks.fetch_add(1, Ordering::Relaxed);
+            }
+            self.done = true;
+            return Ok(());
+        }
+        let first = self.first().to_path_buf();
+        let file = self
+            .out
+            .take()
+            .ok_or_else(|| io_err("write", &first)(io::ErrorKind::NotFound.into()))?
+            .into_inner()
+            .map_err(|e| io_err("write", &first)(e.into_error()))?;
+        let mode = fs::Permissions::from_mode(opts.mode(header.mode));
+        let size = file.metadata().map_err(io_err("stat", &first))?.len();
+        for (i, path) in self.paths.iter().enumerate() {
+            if i > 0 {
+                fs::copy(&first, path).map_err(io_err("copy into", path))?;
+            }
+            set_xattrs(path, &header.xattrs, stats, opts);
+            fs::set_permissions(path, mode.clone()).map_err(io_err("chmod", path))?;
+            stats.files.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(size, Ordering::Relaxed);
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl repo::PayloadSink for FileSink<'_> {
+    fn start(&mut self, header: &FileHeader, size: u64) -> Result<(), repo::Error> {
+        self.header = Some(header.clone());
+        if header.is_symlink() {
+            return Ok(());
+        }
+        let first = self.first();
+        // Private until verified and given its mode.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(first)
+            .map_err(repo::io_err("create", first))?;
+        let capacity = usize::try_from(size).map_or(COPY_CHUNK, |n| n.clamp(1, COPY_CHUNK));
+        self.out = Some(io::BufWriter::with_capacity(capacity, file));
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), repo::Error> {
+        let first = &self.paths[0];
+        match self.out.as_mut() {
+            Some(out) => out.write_all(data).map_err(repo::io_err("write", first)),
+            None => Err(repo::io_err("write", first)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "content for a symlink",
+            ))),
+        }
+    }
+}
+
+impl Drop for FileSink<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.out.take().is_some() {
+            let _ = fs::remove_file(&self.paths[0]);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
 struct Counters {
     files: AtomicU64,
     symlinks: AtomicU64,
     bytes: AtomicU64,
     xattrs_skipped: AtomicU64,
-}
-
-fn write_file(
-    repo: &Repo,
-    job: &FileJob,
-    stats: &Counters,
-    opts: CheckoutOptions,
-) -> Result<(), Error> {
-    let mut reader = repo.open_content(&job.checksum)?;
-    let header: FileHeader = reader.header().clone();
-    if header.is_symlink() {
-        reader
-            .verify_to_end()
-            .map_err(io_err("verify", &job.path))?;
-        std::os::unix::fs::symlink(&header.symlink_target, &job.path)
-            .map_err(io_err("create symlink", &job.path))?;
-        set_xattrs(&job.path, &header.xattrs, stats, opts);
-        stats.symlinks.fetch_add(1, Ordering::Relaxed);
-        return Ok(());
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&job.path)
-        .map_err(io_err("create", &job.path))?;
-    let n = io::copy(&mut reader, &mut file).map_err(io_err("write", &job.path))?;
-    set_xattrs(&job.path, &header.xattrs, stats, opts);
-    file.set_permissions(fs::Permissions::from_mode(opts.mode(header.mode)))
-        .map_err(io_err("chmod", &job.path))?;
-    stats.files.fetch_add(1, Ordering::Relaxed);
-    stats.bytes.fetch_add(n, Ordering::Relaxed);
-    Ok(())
 }
 
 fn set_xattrs(path: &Path, xattrs: &Xattrs, stats: &Counters, opts: CheckoutOptions) {

@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::checksum::Checksum;
 use crate::object::{
-    self, MAX_FILEZ_HEADER, ObjectName, ObjectType, content_checksum_prefix, parse_filez_header,
+    self, FileHeader, MAX_FILEZ_HEADER, ObjectName, ObjectType, content_checksum_prefix,
+    parse_filez_header,
 };
 
 use super::transaction::StagingFile;
@@ -75,6 +76,22 @@ pub enum Rejected {
         limit: u64,
     },
 }
+
+/// Where the payload of a content object goes as well, as it is inflated:
+/// a pull writes it straight into a checkout, so that each file is inflated
+/// once. Nothing given to a sink is verified until
+/// [`IncomingObject::finish`] succeeds; after a failure the sink's owner
+/// must throw away what it wrote.
+pub trait PayloadSink {
+    /// The object's header (from the stream, not yet verified), before any
+    /// payload.
+    fn start(&mut self, header: &FileHeader, size: u64) -> Result<(), Error>;
+    /// The next inflated bytes.
+    fn write(&mut self, data: &[u8]) -> Result<(), Error>;
+}
+
+/// The most a content object inflates into memory at a time.
+const INFLATE_CHUNK: usize = 64 * 1024;
 
 enum State {
     Metadata(Vec<u8>),
@@ -175,6 +192,17 @@ impl<'t> IncomingObject<'t> {
 
     /// Feeds the next bytes of the stored form.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.feed_to(data, None)
+    }
+
+    /// Feeds the next bytes of the stored form, passing a content object's
+    /// payload on to `sink` as it is inflated. Give the same sink on every
+    /// call.
+    pub fn feed_to(
+        &mut self,
+        data: &[u8],
+        sink: Option<&mut dyn PayloadSink>,
+    ) -> Result<(), Error> {
         self.received += data.len() as u64;
         if self.received > self.declared {
             return Err(Error::Rejected(Rejected::SizeMismatch {
@@ -194,7 +222,7 @@ impl<'t> IncomingObject<'t> {
                 c.out
                     .write_all(data)
                     .map_err(io_err("write", &c.out.get_ref().path))?;
-                feed_content(name, c, data, max_content, &mut self.scratch)
+                feed_content(name, c, data, max_content, &mut self.scratch, sink)
             }
         }
     }
@@ -259,6 +287,7 @@ fn feed_content(
     mut data: &[u8],
     max_content: u64,
     scratch: &mut Vec<u8>,
+    mut sink: Option<&mut dyn PayloadSink>,
 ) -> Result<(), Error> {
     if c.body.is_none() {
         // Gather the 8-byte prefix, then the header it announces.
@@ -278,7 +307,7 @@ fn feed_content(
                 return Err(invalid(name, "nonzero padding after the header length"));
             }
             c.header_len = Some(len as usize);
-            return feed_content(name, c, data, max_content, scratch);
+            return feed_content(name, c, data, max_content, scratch, sink);
         }
         let (header, payload_size) =
             parse_filez_header(&c.head[8..]).map_err(|e| invalid(name, crate::error_chain(&e)))?;
@@ -291,6 +320,14 @@ fn feed_content(
         }
         let mut hasher = Sha256::new();
         hasher.update(content_checksum_prefix(&header));
+        if let Some(sink) = sink.as_deref_mut() {
+            sink.start(&header, payload_size)?;
+        }
+        // Room for one inflate step: the whole payload when it is small.
+        scratch.resize(
+            usize::try_from(payload_size).map_or(INFLATE_CHUNK, |n| n.clamp(1024, INFLATE_CHUNK)),
+            0,
+        );
         c.body = Some(Body {
             payload_size,
             inflater: Decompress::new(false),
@@ -314,7 +351,6 @@ fn feed_content(
         ));
     }
     body.saw_deflate_bytes = true;
-    scratch.resize(64 * 1024, 0);
     while !data.is_empty() || !body.ended {
         let before_in = body.inflater.total_in();
         let before_out = body.inflater.total_out();
@@ -336,6 +372,9 @@ fn feed_content(
             ));
         }
         body.hasher.update(&scratch[..produced]);
+        if let Some(sink) = sink.as_deref_mut() {
+            sink.write(&scratch[..produced])?;
+        }
         if status == Status::StreamEnd {
             body.ended = true;
             if !data.is_empty() {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use config::{INITIAL_CONFIG, KeyFile};
 pub use content::ContentReader;
-pub use incoming::{IncomingObject, Rejected, max_pushed_metadata};
+pub use incoming::{IncomingObject, PayloadSink, Rejected, max_pushed_metadata};
 pub use lock::{LockGuard, LockMode, Wait};
 pub use transaction::{Expected, RefUpdate, Transaction};
 

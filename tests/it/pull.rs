@@ -145,9 +145,9 @@ fn without_a_summary_refs_come_from_refs_heads() {
 }
 
 #[test]
-fn a_lying_server_is_caught_and_nothing_is_checked_out() {
+fn a_lying_server_is_caught_nothing_is_checked_out_and_the_pull_resumes() {
     let tmp = tempdir();
-    let (repo, _) = served_repo(tmp.path());
+    let (repo, tree) = served_repo(tmp.path());
     let server = HttpServer::serve(&repo, tmp.path());
     // One content object changed on the server.
     let victim = walkdir::WalkDir::new(repo.join("objects"))
@@ -159,7 +159,8 @@ fn a_lying_server_is_caught_and_nothing_is_checked_out() {
         })
         .expect("a content object")
         .into_path();
-    let mut bytes = fs::read(&victim).expect("read");
+    let good = fs::read(&victim).expect("read");
+    let mut bytes = good.clone();
     let last = bytes.len() - 2;
     bytes[last] ^= 0x40;
     fs::write(&victim, &bytes).expect("write");
@@ -174,9 +175,36 @@ fn a_lying_server_is_caught_and_nothing_is_checked_out() {
         err.contains(&name[..20]) && err.contains(&server.url),
         "{err}"
     );
+    assert!(!dest.exists(), "a partial checkout was left at {dest:?}");
+    let leftovers: Vec<_> = fs::read_dir(tmp.path())
+        .expect("list")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("depot-pull"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The server mended, the same pull resumes: what was verified before the
+    // failure is not fetched again.
+    fs::write(&victim, &good).expect("write");
+    let before = object_requests(&server).len();
+    ok(pull(&server.url, "proj/x", &tmp.path().join("cache")).arg(&dest));
+    assert_same_tree(&tree, &dest, depot_default(tmp.path()));
+    let again = object_requests(&server).split_off(before);
+    let files_in_commit = walkdir::WalkDir::new(repo.join("objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "filez"))
+        .count();
     assert!(
-        !dest.exists(),
-        "a checkout was started from unverified objects"
+        again
+            .iter()
+            .all(|p| p.rsplit_once('.').is_some_and(|(_, ext)| ext == "filez")),
+        "metadata fetched again: {again:?}"
+    );
+    assert!(again.iter().any(|p| p.ends_with(&name)), "{again:?}");
+    assert!(
+        again.len() < files_in_commit,
+        "{} of {files_in_commit} content objects fetched again",
+        again.len()
     );
     // A summary that understates the commit's size (the check ostree makes).
     let summary = repo.join("summary");

@@ -5,8 +5,10 @@
 # static HTTP server for pull tests; the stream-mangling ssh wrapper of the
 # push tests), python3-gi (GLib as the oracle for GVariant normal form),
 # openssh-server and openssh-client (the push tests run a real sshd),
-# time (/usr/bin/time measures depot-receive's peak memory) and nginx (the
-# deployment test serves a repository with contrib/nginx-depot.conf).
+# time (/usr/bin/time measures depot-receive's peak memory), nginx (the
+# deployment test serves a repository with contrib/nginx-depot.conf) and
+# rsyslog (the syslog test runs its own rsyslogd on a socket in a temporary
+# directory, never /dev/log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,7 @@ command -v python3 >/dev/null || need+=(python3)
 # A private CA for the https pull test.
 command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   sudo=""

@@ -263,16 +263,11 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Sets up logging to stderr. `DEPOT_LOG` takes a tracing filter (e.g. `debug`).
+/// Sets up logging to stderr. `DEPOT_LOG` takes a tracing filter (e.g.
+/// `debug`; default `warn`). `depot-receive` may log to syslog instead: see
+/// [`crate::logging`].
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DEPOT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only where a person reads them (over ssh, stderr is a pipe).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::logging::init_stderr();
 }
 
 /// Runs a parsed command line. Returns the process exit code.
@@ -601,6 +596,18 @@ pub struct ReceiveCli {
     /// repository. Default: $XDG_STATE_HOME/depot or ~/.local/state/depot.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Where logs go. Under sshd, stderr is the pushing client's, so the
+    /// server's admin sees nothing; syslog sends each line (facility daemon)
+    /// to --syslog-socket, one line per push by default (DEPOT_LOG takes a
+    /// tracing filter, e.g. info). If the socket cannot be reached, logs go to
+    /// stderr with one warning and the push goes on.
+    #[arg(long, value_enum, value_name = "WHERE", default_value_t = crate::logging::LogTo::Stderr)]
+    pub log_to: crate::logging::LogTo,
+    /// The syslog socket for --log-to syslog. On systemd machines journald
+    /// owns /dev/log, so the lines reach the journal (journalctl -t
+    /// depot-receive) as well as any syslog daemon.
+    #[arg(long, value_name = "PATH", default_value = crate::logging::DEFAULT_SYSLOG_SOCKET)]
+    pub syslog_socket: PathBuf,
 }
 
 /// Parses `123`, `4K`, `512M`, `2G`, `1T` (powers of 1024; `KiB`, `MB`... also read).
@@ -750,12 +757,12 @@ pub fn check_original_command(cmd: &str, repo: &std::path::Path) -> Result<(), S
 
 /// The whole of `depot-receive`'s `main`.
 pub fn receive_main() -> i32 {
-    init_tracing();
     let args = ReceiveCli::parse();
+    crate::logging::init(args.log_to, "depot-receive", &args.syslog_socket);
     let policy = match args.policy() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("depot-receive: {e:#}");
+            tracing::error!("{e:#}");
             send_early_error(
                 crate::protocol::ErrorCode::Internal,
                 "the server is misconfigured; its admin can see why in its logs",
@@ -776,7 +783,7 @@ pub fn receive_main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("depot-receive: cannot start the runtime: {e}");
+            tracing::error!("cannot start the runtime: {e}");
             return 1;
         }
     };
@@ -785,10 +792,8 @@ pub fn receive_main() -> i32 {
         tokio::io::stdin(),
         tokio::io::stdout(),
     )) {
-        Ok(report) => {
-            tracing::info!(key = %policy.key_id, objects = report.objects, bytes = report.bytes, "push applied");
-            0
-        }
+        // The outcome was logged with the audit record (target depot::audit).
+        Ok(_) => 0,
         Err(_) => 1,
     }
 }

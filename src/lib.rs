@@ -23,6 +23,7 @@ pub mod checksum;
 pub mod cli;
 pub mod commit;
 pub mod gvariant;
+pub mod logging;
 pub mod object;
 pub mod protocol;
 pub mod pull;

@@ -25,4 +25,6 @@ mod reverse;
 mod sshd;
 /// depot-summary against ostree summary -u.
 mod summary;
+/// depot-receive --log-to syslog through a real sshd into a real rsyslogd.
+mod syslog;
 mod util;

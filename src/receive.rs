@@ -192,13 +192,27 @@ pub struct Report {
     pub bytes: u64,
 }
 
-/// Messages to the blocking verifier.
+/// Bytes received between writebacks of what is staged.
+const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
+
+/// Threads verifying and staging received objects.
+const VERIFIERS: usize = 2;
+
+/// Messages to a blocking verifier.
 enum SinkMsg {
-    Start { name: ObjectName, size: u64 },
+    Start {
+        name: ObjectName,
+        size: u64,
+    },
     Data(Bytes),
+    /// Every object was sent: finish the last one. A verifier whose channel
+    /// closes without this drops its unfinished object (the session failed
+    /// elsewhere and reports why).
+    End,
 }
 
-/// Verifies and stages objects on a blocking thread, one at a time.
+/// Verifies and stages the objects it is given on a blocking thread, one
+/// at a time.
 fn run_sink(
     tx: &Transaction,
     max_object_size: u64,
@@ -217,10 +231,13 @@ fn run_sink(
                 Some(obj) => obj.feed(&bytes)?,
                 None => unreachable_data(),
             },
+            SinkMsg::End => {
+                if let Some(obj) = current.take() {
+                    obj.finish()?;
+                }
+                return Ok(());
+            }
         }
-    }
-    if let Some(obj) = current.take() {
-        obj.finish()?;
     }
     Ok(())
 }
@@ -402,16 +419,28 @@ where
         .await?;
     writer.flush().await?;
 
-    // 4-5. Negotiation and objects, verified on a blocking thread.
-    let (sink_tx, sink_rx) = mpsc::channel::<SinkMsg>(8);
-    let sink = {
+    // 4-5. Negotiation and objects, verified on blocking threads: whole
+    // objects go to the verifiers in turn, so that small objects (each a
+    // file to create) are staged in parallel.
+    let mut verifiers = Vec::with_capacity(VERIFIERS);
+    let mut sinks = Vec::with_capacity(VERIFIERS);
+    for _ in 0..VERIFIERS {
+        let (sink_tx, sink_rx) = mpsc::channel::<SinkMsg>(8);
         let tx = Arc::clone(&tx);
         let max = policy.max_object_size;
-        tokio::task::spawn_blocking(move || run_sink(&tx, max, sink_rx))
-    };
+        verifiers.push(tokio::task::spawn_blocking(move || {
+            run_sink(&tx, max, sink_rx)
+        }));
+        sinks.push(sink_tx);
+    }
+    let mut sink_tx = sinks[0].clone();
     let mut expected: HashSet<ObjectName> = HashSet::new();
     let mut remaining: u64 = 0;
     let mut next_space_check = 64 * 1024 * 1024u64;
+    // Writing back while objects still arrive leaves the final sync, with
+    // the push waiting on it, little to do.
+    let mut writeback: Option<tokio::task::JoinHandle<Result<(), repo::Error>>> = None;
+    let mut next_writeback = WRITEBACK_EVERY;
     let receiving = Instant::now();
     let received = loop {
         let frame = reader.read().await?;
@@ -476,7 +505,17 @@ where
                     check_free_space(policy)?;
                     next_space_check = report.bytes + 64 * 1024 * 1024;
                 }
+                if report.bytes >= next_writeback
+                    && writeback
+                        .as_ref()
+                        .is_none_or(tokio::task::JoinHandle::is_finished)
+                {
+                    let tx = Arc::clone(&tx);
+                    writeback = Some(tokio::task::spawn_blocking(move || tx.sync_staged()));
+                    next_writeback = report.bytes + WRITEBACK_EVERY;
+                }
                 remaining = size;
+                sink_tx = sinks[report.objects as usize % VERIFIERS].clone();
                 sink_tx.send(SinkMsg::Start { name, size }).await.is_ok()
             }
             Some(Incoming::ObjectData(data)) => {
@@ -495,12 +534,21 @@ where
             break false;
         }
     };
+    let received = received && {
+        let mut sent = true;
+        for sink in &sinks {
+            sent &= sink.send(SinkMsg::End).await.is_ok();
+        }
+        sent
+    };
     drop(sink_tx);
+    drop(sinks);
     let verify_wait = Instant::now();
-    let sink_result = sink
-        .await
-        .map_err(|e| Failure::new(ErrorCode::Internal, format!("verifier failed: {e}")))?;
-    sink_result?;
+    for verifier in verifiers {
+        verifier
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Internal, format!("verifier failed: {e}")))??;
+    }
     tracing::info!(
         objects = report.objects,
         bytes = report.bytes,
@@ -513,6 +561,13 @@ where
             ErrorCode::Internal,
             "the verifier stopped early",
         ));
+    }
+
+    if let Some(w) = writeback
+        && let Ok(Err(e)) = w.await
+    {
+        // The sync before publishing reports it if it persists.
+        tracing::warn!("early writeback: {}", crate::error_chain(&e));
     }
 
     // 6. Closure, fast-forward, publish, compare-and-swap.
@@ -618,6 +673,7 @@ fn now_secs() -> u64 {
 
 /// Appends one JSON line to `<state_dir>/audit.jsonl`.
 fn audit(policy: &Policy, report: &Report, outcome: &str, error: Option<&str>, started: Instant) {
+    tracing::info!(target: crate::logging::AUDIT_TARGET, key = %policy.key_id, repo = %policy.repo.display(), refs = ?report.refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), objects = report.objects, bytes = report.bytes, ms = started.elapsed().as_millis() as u64, error, "push {outcome}");
     let record = serde_json::json!({
         "time": crate::timefmt::format(now_secs()),
         "key_id": policy.key_id,

@@ -9,11 +9,14 @@
 //! commits. A staging directory whose owner died is removed by the next
 //! transaction: each holds a lock on its own `.lock` for its lifetime.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use rayon::prelude::*;
 
 use crate::checksum::Checksum;
 use crate::object::{Commit, DirTree, FileHeader, ObjectName, ObjectType, write_filez};
@@ -368,6 +371,88 @@ impl Transaction {
         Ok(false)
     }
 
+    /// Sorts staged objects into groups to publish one after another, so that
+    /// whatever an object points at is published before it (what
+    /// [`check_closure`](Transaction::check_closure) relies on after a
+    /// crash): content, dirmetas, dirtrees from the leaves up, detached
+    /// metadata, commits. The objects of one group can be published in any
+    /// order, in parallel.
+    fn publish_order(&self, mut staged: Vec<ObjectName>) -> Result<Vec<Vec<ObjectName>>, Error> {
+        staged.sort_by_key(|n| publish_rank(n.kind));
+        let mut groups: Vec<Vec<ObjectName>> = Vec::new();
+        for group in staged.chunk_by(|a, b| publish_rank(a.kind) == publish_rank(b.kind)) {
+            if group[0].kind == ObjectType::DirTree {
+                groups.extend(self.dirtrees_leaves_first(group)?);
+            } else {
+                groups.push(group.to_vec());
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Staged dirtrees in levels: those with no staged subtree first, then
+    /// those whose staged subtrees are all in earlier levels.
+    fn dirtrees_leaves_first(&self, trees: &[ObjectName]) -> Result<Vec<Vec<ObjectName>>, Error> {
+        let index: HashMap<Checksum, usize> = trees
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.checksum, i))
+            .collect();
+        let mut parents: Vec<Vec<usize>> = vec![Vec::new(); trees.len()];
+        let mut waiting_on: Vec<usize> = vec![0; trees.len()];
+        for (i, name) in trees.iter().enumerate() {
+            let data = self.read_metadata(name)?;
+            let tree = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
+                name: *name,
+                reason: crate::error_chain(&e),
+            })?;
+            let children: HashSet<usize> = tree
+                .dirs()
+                .iter()
+                .filter_map(|d| index.get(&d.tree).copied())
+                .collect();
+            waiting_on[i] = children.len();
+            for c in children {
+                parents[c].push(i);
+            }
+        }
+        let mut level: Vec<usize> = (0..trees.len()).filter(|&i| waiting_on[i] == 0).collect();
+        let mut levels = Vec::new();
+        let mut placed = 0;
+        while !level.is_empty() {
+            placed += level.len();
+            let mut next = Vec::new();
+            for &i in &level {
+                for &p in &parents[i] {
+                    waiting_on[p] -= 1;
+                    if waiting_on[p] == 0 {
+                        next.push(p);
+                    }
+                }
+            }
+            levels.push(level.iter().map(|&i| trees[i]).collect());
+            level = next;
+        }
+        // Checksums make a cycle impossible; had one slipped in, its trees
+        // still go out, last.
+        if placed < trees.len() {
+            levels.push(
+                (0..trees.len())
+                    .filter(|&i| waiting_on[i] > 0)
+                    .map(|i| trees[i])
+                    .collect(),
+            );
+        }
+        Ok(levels)
+    }
+
+    /// Makes what is staged so far durable, so that [`commit`](Transaction::commit)
+    /// has less to wait for; a receiver calls it now and then while objects
+    /// still arrive.
+    pub fn sync_staged(&self) -> Result<(), Error> {
+        sync_fs(&self.staging)
+    }
+
     /// Publishes every staged object, then applies `updates` atomically with
     /// respect to other depot writers: all of them or, if any expectation
     /// fails, none ([`Error::RefMoved`]). The objects stay published either way.
@@ -395,23 +480,27 @@ impl Transaction {
                 staged.push(name);
             }
         }
-        staged.sort_by_key(|n| publish_rank(n.kind));
+        let groups = self.publish_order(staged)?;
         if durable {
             sync_fs(&self.staging)?;
         }
         let objects = self.repo.path.join("objects");
-        let mut made_dirs = std::collections::HashSet::new();
-        for name in &staged {
-            let target = self.repo.object_path(name);
-            let hex = name.checksum.to_hex();
-            if made_dirs.insert(hex[..2].to_string()) {
-                let dir = objects.join(&hex[..2]);
-                make_served_dir(&dir)?;
-            }
-            fs::rename(self.staged_path(name), &target)
-                .map_err(io_err("publish object", &target))?;
+        let prefixes: std::collections::BTreeSet<String> = groups
+            .iter()
+            .flatten()
+            .map(|n| n.checksum.to_hex()[..2].to_string())
+            .collect();
+        for prefix in prefixes {
+            make_served_dir(&objects.join(prefix))?;
         }
-        if durable && !staged.is_empty() {
+        for group in &groups {
+            group.par_iter().try_for_each(|name| {
+                let target = self.repo.object_path(name);
+                fs::rename(self.staged_path(name), &target)
+                    .map_err(io_err("publish object", &target))
+            })?;
+        }
+        if durable && !groups.is_empty() {
             sync_fs(&objects)?;
         }
         if !updates.is_empty() {
@@ -573,5 +662,79 @@ fn clean_abandoned_staging(tmp: &Path) {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::{DirTree, FileName, SubdirEntry};
+
+    /// Stages a dirtree with the given subtrees; returns its checksum.
+    fn stage_tree(tx: &Transaction, label: &str, children: &[Checksum]) -> Checksum {
+        let meta = Checksum::of(b"any dirmeta");
+        let file = Checksum::of(label.as_bytes());
+        let dirs = children
+            .iter()
+            .enumerate()
+            .map(|(i, c)| SubdirEntry {
+                name: FileName::new(&format!("d{i}")).expect("name"),
+                tree: *c,
+                meta,
+            })
+            .collect();
+        let tree =
+            DirTree::new(vec![(FileName::new(label).expect("name"), file)], dirs).expect("tree");
+        tx.write_metadata(ObjectType::DirTree, &tree.to_bytes())
+            .expect("stage")
+    }
+
+    #[test]
+    fn dirtrees_are_published_from_the_leaves_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        // A chain eight deep, a shared subtree used twice by one parent and
+        // by another, and a tree already in the repository.
+        let published = {
+            let early = repo.begin().expect("begin");
+            let c = stage_tree(&early, "published", &[]);
+            early.publish_unsynced().expect("publish");
+            c
+        };
+        let mut chain = stage_tree(&tx, "leaf", &[published]);
+        let mut edges = vec![];
+        for i in 0..8 {
+            let parent = stage_tree(&tx, &format!("level{i}"), &[chain]);
+            edges.push((parent, chain));
+            chain = parent;
+        }
+        let shared = stage_tree(&tx, "shared", &[]);
+        let both = stage_tree(&tx, "both", &[shared, shared, chain]);
+        edges.extend([(both, shared), (both, chain)]);
+        let root = stage_tree(&tx, "root", &[both, shared, published]);
+        edges.extend([(root, both), (root, shared)]);
+
+        let staged: Vec<ObjectName> = fs::read_dir(&tx.staging)
+            .expect("list")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        assert_eq!(staged.len(), 12);
+        let groups = tx.publish_order(staged).expect("order");
+        let group_of = |c: Checksum| {
+            groups
+                .iter()
+                .position(|g| g.iter().any(|n| n.checksum == c))
+                .expect("placed")
+        };
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 12);
+        for (parent, child) in edges {
+            assert!(
+                group_of(child) < group_of(parent),
+                "a dirtree is published before its subtree"
+            );
+        }
+        assert_eq!(groups.len(), 11, "the leaves, the chain of 8, both, root");
     }
 }

@@ -1,8 +1,8 @@
-# bench-lib.sh: what the benchmarks share, sourced by them: the test tree
-# and installing a missing tool.
+# bench-lib.sh: what the benchmarks share, sourced by them: the test tree,
+# waiting out mass deletions, and installing a missing tool.
 #
 # Builds $TREE (set by the caller, with $WORK, log and optionally
-# deleted_many) from SOURCES: regular files under MAX_FILE_SIZE and symlinks
+# DELETED_STAMP) from SOURCES: regular files under MAX_FILE_SIZE and symlinks
 # (kept as symlinks), in sorted order, until MAX_FILES entries or MAX_BYTES
 # bytes would be exceeded. A source's layout is kept: /usr/share/doc/x/y
 # becomes TREE/usr/share/doc/x/y. A marker file lets later runs reuse it.
@@ -22,7 +22,7 @@ make_tree() {
     if [[ -e $TREE ]]; then
         rm -rf "$TREE" "$marker"
         # A caller that tracks mass deletions (see bench-push.sh) is told.
-        if declare -F deleted_many >/dev/null; then deleted_many; fi
+        if [[ -n ${DELETED_STAMP:-} ]]; then deleted_many; fi
     fi
     mkdir -p "$TREE"
     local src list size type path files=0 bytes=0 full=0
@@ -67,3 +67,32 @@ apt_install() {
             die "could not install '$pkg'; install it with: apt-get install $pkg"
     fi
 }
+
+# ext4 without a journal skips inodes deleted in the last 60 s (360 s while
+# their inode table block is dirty).
+SETTLE_SECONDS=370
+
+# Notes in DELETED_STAMP (set by the caller) that many files were just
+# deleted (see settle).
+deleted_many() {
+    sync
+    date +%s >"$DELETED_STAMP"
+}
+
+# Waits until the last mass deletion (this invocation's or an earlier one's)
+# is SETTLE_SECONDS past: ext4 without a journal will not reuse an inode
+# deleted in the last 60 s (360 s when its inode table block is dirty, as it
+# is while files are being created) and scans past them, which makes creating
+# many files right after deleting many much slower.
+settle() {
+    [[ -f $DELETED_STAMP ]] || return 0
+    local then now wait
+    then=$(<"$DELETED_STAMP")
+    now=$(date +%s)
+    wait=$((then + SETTLE_SECONDS - now))
+    if ((wait > 0)); then
+        log "waiting ${wait}s: many files were deleted at $(date -d "@$then" +%T), and ext4 without a journal does not reuse recently deleted inodes"
+        sleep "$wait"
+    fi
+}
+

@@ -21,6 +21,10 @@ BASE=${BENCH_WORK:-$ROOT/bench-work}
 WORK=$BASE/pull
 RUNS=${BENCH_RUNS:-5}
 TREE=$BASE/tree
+DELETED_STAMP=$BASE/deleted.stamp # shared with bench-push.sh
+log() { echo "bench-pull: $*" >&2; }
+# SETTLE_SECONDS, deleted_many and settle.
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 die() { echo "bench-pull: $*" >&2; exit 1; }
 for tool in ostree nginx; do command -v $tool >/dev/null || [ -x /usr/sbin/$tool ] || die "$tool is missing (apt-get install $tool)"; done
@@ -29,7 +33,9 @@ for tool in ostree nginx; do command -v $tool >/dev/null || [ -x /usr/sbin/$tool
 (cd "$ROOT" && cargo build --release --quiet --bins) || die "cargo build failed"
 DEPOT=$ROOT/target/release/depot
 
-rm -rf "$WORK" && mkdir -p "$WORK/nginx"
+if [ -e "$WORK" ]; then rm -rf "$WORK" && deleted_many; fi
+settle
+mkdir -p "$WORK/nginx"
 REPO=$WORK/repo
 $DEPOT init "$REPO" >/dev/null
 $DEPOT push --no-progress --to "$REPO" --ref bench -s bench "$TREE" >/dev/null 2>&1
@@ -57,15 +63,16 @@ CONF
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 $NGINX -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 nginx_pid=$!
-trap 'kill $nginx_pid 2>/dev/null; wait $nginx_pid 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $nginx_pid 2>/dev/null; wait $nginx_pid 2>/dev/null; rm -rf "$WORK"; deleted_many' EXIT
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 URL=http://127.0.0.1:$port
 
 echo "tree: $(find "$TREE" -type f | wc -l) files, $(du -sm "$TREE" | cut -f1) MiB; repository objects: $(du -sm "$REPO/objects" | cut -f1) MiB"
-echo "page cache: warm for the served repository (read once before the first run)"
-find "$REPO/objects" -type f -exec cat {} + >/dev/null
+echo "page cache: warm for the served repository (read again before every timed pull)"
+# This VM pages out page cache unread for about a minute (DAMON reclaim).
+warm() { find "$REPO/objects" -type f -exec cat {} + >/dev/null; }
 
-measure() { /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || { tail -5 "$WORK/err" >&2; die "failed: $1 ..."; }; cat "$WORK/t"; }
+measure() { warm; sync; /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || { tail -5 "$WORK/err" >&2; die "failed: $1 ..."; }; cat "$WORK/t"; }
 ostree_pull() {
   local d=$WORK/o-$1
   mkdir -p "$d"

@@ -34,7 +34,9 @@
 #
 # Fairness on this machine
 #   - The page cache is not dropped: the source trees are read once before the
-#     first run, so every tool reads them from a warm cache.
+#     first run, and each tool's source tree again right before its timed
+#     command (this VM pages out page cache unread for about a minute), so
+#     every tool reads its input from a warm cache.
 #   - `sync` runs before every timed command, so that no tool pays (in
 #     depot-receive's or ostree's syncfs) for writing back another's data.
 #     Note that rsync does not fsync what it writes; depot-receive and
@@ -77,7 +79,6 @@ ZLIB_LEVEL=${BENCH_ZLIB_LEVEL:-}
 TIMESTAMP=@1577836800
 TIME=/usr/bin/time
 SSHD=/usr/sbin/sshd
-SETTLE_SECONDS=370 # ext4 without a journal skips inodes deleted in the last 60 s (360 s while their inode table block is dirty)
 REF=bench
 
 die() {
@@ -114,7 +115,7 @@ setup_work_dir() {
     SERVER=$WORK/push-sshd
     BENCH_DIRS=$WORK/push-runs # every run's repositories and destinations
     CHANGED=$BENCH_DIRS/changed-tree
-    DELETED_STAMP=$WORK/push-deleted.stamp
+    DELETED_STAMP=$WORK/deleted.stamp # shared with bench-pull.sh
     mkdir -p "$WORK/tmp"
     export TMPDIR=$WORK/tmp
 }
@@ -148,29 +149,6 @@ build_depot() {
     [[ -x $DEPOT ]] || die "built depot not found at $DEPOT"
     [[ -x $RECEIVE ]] || die "built depot-receive not found at $RECEIVE"
     [[ $RECEIVE != *[\"\'\\]* && $RECEIVE != *$'\n'* ]] || die "the path of depot-receive must not contain quotes or backslashes: $RECEIVE"
-}
-
-# Notes that many files were just deleted (see settle).
-deleted_many() {
-    sync
-    date +%s >"$DELETED_STAMP"
-}
-
-# Waits until the last mass deletion (this invocation's or an earlier one's)
-# is SETTLE_SECONDS past: ext4 without a journal will not reuse an inode
-# deleted in the last 60 s (360 s when its inode table block is dirty, as it
-# is while files are being created) and scans past them, which makes creating
-# many files right after deleting many much slower.
-settle() {
-    [[ -f $DELETED_STAMP ]] || return 0
-    local then now wait
-    then=$(<"$DELETED_STAMP")
-    now=$(date +%s)
-    wait=$((then + SETTLE_SECONDS - now))
-    if ((wait > 0)); then
-        log "waiting ${wait}s: many files were deleted at $(date -d "@$then" +%T), and ext4 without a journal does not reuse recently deleted inodes"
-        sleep "$wait"
-    fi
 }
 
 # Removes what an interrupted invocation left behind.
@@ -270,9 +248,15 @@ warm_page_cache() {
     log "reading the source trees once to warm the page cache"
     local d
     for d in "$TREE" "$CHANGED" "$SMALL"; do
-        find "$d" -type f -exec cat {} + >/dev/null
+        warm "$d"
     done
 }
+
+# warm DIR: reads DIR's files again right before a timed command: this VM
+# pages out page cache that has not been read for about a minute (DAMON
+# reclaim), so a tree read once at the start is partly on disk again by the
+# time later runs read it.
+warm() { find "$1" -type f -exec cat {} + >/dev/null; }
 
 # Single-quotes a word for the shell (and for rsync's -e, which reads quotes).
 quote() {
@@ -429,6 +413,7 @@ ostree_init() { ostree init --mode=archive --repo="$1" >/dev/null && set_zlib_le
 # depot_push NAME REPO DIR: pushes DIR to ref REF of the server repository REPO.
 depot_push() {
     local name=$1 repo=$2 dir=$3 usage=$RESULTS/$1.server
+    warm "$dir"
     printf '%s\n%s\n' "$repo" "$usage" >"$SERVER/receive.next"
     timed "$name" "$DEPOT" push --to "ssh://$USER_NAME@127.0.0.1:$PORT$repo" --ref "$REF" \
         -s s --timestamp "$TIMESTAMP" --ssh-command "$SSH_DEPOT" --json --no-progress "$dir"
@@ -441,6 +426,7 @@ depot_push() {
 # server side under /usr/bin/time.
 rsync_push() {
     local name=$1 dest=$2 dir=$3 usage=$RESULTS/$1.server
+    warm "$dir"
     timed "$name" rsync -a --stats -e "$SSH_RSYNC" \
         --rsync-path="$TIME -o $(quote "$usage") -f '%M %e %U %S' rsync" \
         "$dir/" "$USER_NAME@127.0.0.1:$dest/"
@@ -451,6 +437,7 @@ rsync_push() {
 # ostree_local NAME REPO DIR: ostree commit of DIR into the local REPO.
 ostree_local() {
     local name=$1 repo=$2 dir=$3
+    warm "$dir"
     timed "$name" ostree --repo="$repo" commit -b "$REF" -s s --timestamp="$TIMESTAMP" "$dir"
     record "$name" - - -
 }

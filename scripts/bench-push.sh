@@ -551,7 +551,7 @@ report() {
     local -A label=([cold]="cold" [unchanged]="unchanged" [changed]="1% changed" [small]="small files")
     echo
     echo "Push benchmark: $RUNS runs, medians; depot push vs rsync -a over the same sshd (127.0.0.1:$PORT)."
-    echo "Page cache not dropped: the source trees were read once before run 1 (warm for every tool)."
+    echo "Page cache not dropped: each tool's source tree is read right before its timed command (warm for every tool)."
     echo "sync ran before every timed command; rsync does not fsync, depot-receive and ostree commit do."
     echo "Server compression (depot-receive's repositories, and ostree commit's): zlib-level $(repo_zlib_level "$BENCH_DIRS/1/depot")"
     describe_trees

@@ -691,12 +691,41 @@ fn partial_checkout_dir(dest: &Path) -> Result<PathBuf, Error> {
     let name = dest
         .file_name()
         .ok_or_else(|| Error::Local(format!("{} names no directory", dest.display())))?;
-    let hidden = format!(
-        ".{}.depot-pull-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    );
-    Ok(dest.with_file_name(hidden))
+    let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    remove_abandoned_checkouts(parent, &prefix);
+    Ok(dest.with_file_name(format!("{prefix}{}", std::process::id())))
+}
+
+/// Removes the hidden checkouts that pulls into the same destination left
+/// when they were killed: those whose process is gone.
+fn remove_abandoned_checkouts(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        tracing::info!(
+            "removing {}, left by a pull that was killed",
+            entry.path().display()
+        );
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!("could not remove {}: {e}", entry.path().display());
+        }
+    }
 }
 
 async fn fill_checkout(

@@ -460,10 +460,11 @@ impl FileSink<'_> {
             .map_err(|e| io_err("write", &first)(e.into_error()))?;
         let mode = fs::Permissions::from_mode(opts.mode(header.mode));
         let size = file.metadata().map_err(io_err("stat", &first))?.len();
-        for (i, path) in self.paths.iter().enumerate() {
-            if i > 0 {
-                fs::copy(&first, path).map_err(io_err("copy into", path))?;
-            }
+        // Copies first, while the first file is still private and readable.
+        for path in &self.paths[1..] {
+            fs::copy(&first, path).map_err(io_err("copy into", path))?;
+        }
+        for path in self.paths {
             set_xattrs(path, &header.xattrs, stats, opts);
             fs::set_permissions(path, mode.clone()).map_err(io_err("chmod", path))?;
             stats.files.fetch_add(1, Ordering::Relaxed);

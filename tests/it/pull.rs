@@ -54,9 +54,18 @@ fn pull_checks_out_what_was_pushed_and_resumes_from_its_cache() {
     assert_eq!(rows[0]["ref"], "proj/x");
     assert_eq!(rows[0]["commit"], read_ref(&repo, "proj/x"));
     let cache = tmp.path().join("cache");
+    // What a killed pull into co left (no process has that pid), and what a
+    // running one is building (pid 1 always runs): only the first goes.
+    let abandoned = tmp.path().join(".co.depot-pull-999999999");
+    let running = tmp.path().join(".co.depot-pull-1");
+    for dir in [&abandoned, &running] {
+        fs::create_dir_all(dir.join("half")).expect("mkdir");
+        fs::write(dir.join("half/file"), "partial").expect("write");
+    }
     let out = ok(pull(&server.url, "proj/x", &cache)
         .arg(tmp.path().join("co"))
         .arg("--json"));
+    assert!(!abandoned.exists() && running.exists());
     assert_same_tree(&tree, &tmp.path().join("co"), depot_default(tmp.path()));
     let outcome: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(outcome["commit"], read_ref(&repo, "proj/x"));

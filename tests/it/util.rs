@@ -135,6 +135,12 @@ pub fn rich_tree(root: &Path) {
         w(&format!("many/f{i:03}"), format!("{i}\n").as_bytes(), 0o644);
     }
     w("deep/a/b/c/d/e/f/g/h/i/j/leaf", b"leaf", 0o644);
+    // One content object at three paths (read-only, to check that a checkout
+    // copies it before making it so), and a symlink at two.
+    for p in ["dup/one", "dup/two", "dup/sub/three"] {
+        w(p, b"the same bytes", 0o444);
+    }
+    symlink("../hello.txt", root.join("dup/link")).expect("symlink");
     fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
     fs::create_dir_all(root.join("sticky")).expect("mkdir");
     fs::set_permissions(root.join("sticky"), fs::Permissions::from_mode(0o1777)).expect("chmod");

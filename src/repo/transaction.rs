@@ -16,8 +16,6 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rayon::prelude::*;
-
 use crate::checksum::Checksum;
 use crate::object::{Commit, DirTree, FileHeader, ObjectName, ObjectType, write_filez};
 use crate::refname::RefName;
@@ -376,7 +374,7 @@ impl Transaction {
     /// [`check_closure`](Transaction::check_closure) relies on after a
     /// crash): content, dirmetas, dirtrees from the leaves up, detached
     /// metadata, commits. The objects of one group can be published in any
-    /// order, in parallel.
+    /// order.
     fn publish_order(&self, mut staged: Vec<ObjectName>) -> Result<Vec<Vec<ObjectName>>, Error> {
         staged.sort_by_key(|n| publish_rank(n.kind));
         let mut groups: Vec<Vec<ObjectName>> = Vec::new();
@@ -493,12 +491,13 @@ impl Transaction {
         for prefix in prefixes {
             make_served_dir(&objects.join(prefix))?;
         }
-        for group in &groups {
-            group.par_iter().try_for_each(|name| {
-                let target = self.repo.object_path(name);
-                fs::rename(self.staged_path(name), &target)
-                    .map_err(io_err("publish object", &target))
-            })?;
+        // One thread: renames from one directory into another serialise on a
+        // file-system-wide lock (s_vfs_rename_mutex), and threads spinning
+        // on it cost more than they save.
+        for name in groups.iter().flatten() {
+            let target = self.repo.object_path(name);
+            fs::rename(self.staged_path(name), &target)
+                .map_err(io_err("publish object", &target))?;
         }
         if durable && !groups.is_empty() {
             sync_fs(&objects)?;

@@ -57,3 +57,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// What is at a path a command is to fill: nothing, an empty directory, or
+/// something it must not touch (a non-empty directory, or anything else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// Nothing is there.
+    Missing,
+    /// An empty directory.
+    Empty,
+    /// A directory with entries in it.
+    NotEmpty,
+}
+
+/// Looks at `path` for [`Destination`].
+pub(crate) fn destination(path: &std::path::Path) -> std::io::Result<Destination> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(if entries.next().is_some() {
+            Destination::NotEmpty
+        } else {
+            Destination::Empty
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Destination::Missing),
+        Err(e) => Err(e),
+    }
+}

@@ -669,15 +669,16 @@ async fn pull_checkout(
 /// Checks that `dest` does not exist or is an empty directory, and names the
 /// hidden sibling a checkout into it is built in.
 fn partial_checkout_dir(dest: &Path) -> Result<PathBuf, Error> {
-    match std::fs::read_dir(dest) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(Error::Read(read::Error::DestinationExists {
-                    path: dest.to_path_buf(),
-                }));
-            }
+    match crate::destination(dest)
+        .map_err(|e| Error::Local(format!("read {}: {e}", dest.display())))?
+    {
+        crate::Destination::NotEmpty => {
+            return Err(Error::Read(read::Error::DestinationExists {
+                path: dest.to_path_buf(),
+            }));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        crate::Destination::Empty => {}
+        crate::Destination::Missing => {
             let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
             if parent.is_some_and(|p| !p.is_dir()) {
                 return Err(Error::Local(format!(
@@ -686,7 +687,6 @@ fn partial_checkout_dir(dest: &Path) -> Result<PathBuf, Error> {
                 )));
             }
         }
-        Err(e) => return Err(Error::Local(format!("read {}: {e}", dest.display()))),
     }
     let name = dest
         .file_name()

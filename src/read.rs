@@ -286,21 +286,19 @@ impl Checkout {
         dest: &Path,
         opts: CheckoutOptions,
     ) -> Result<Checkout, Error> {
-        match fs::read_dir(dest) {
-            Ok(mut it) => {
-                if it.next().is_some() {
-                    return Err(Error::DestinationExists {
-                        path: dest.to_path_buf(),
-                    });
-                }
+        match crate::destination(dest).map_err(io_err("read", dest))? {
+            crate::Destination::NotEmpty => {
+                return Err(Error::DestinationExists {
+                    path: dest.to_path_buf(),
+                });
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            crate::Destination::Empty => {}
+            crate::Destination::Missing => {
                 fs::DirBuilder::new()
                     .mode(0o700)
                     .create(dest)
                     .map_err(io_err("create directory", dest))?;
             }
-            Err(e) => return Err(io_err("read", dest)(e)),
         }
         let mut dirs: Vec<(PathBuf, DirMeta)> = Vec::new();
         let mut files: Vec<(Checksum, Vec<PathBuf>)> = Vec::new();

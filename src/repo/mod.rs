@@ -176,22 +176,20 @@ impl Repo {
         if path.join("config").exists() {
             return Repo::open(path);
         }
-        match fs::read_dir(path) {
-            Ok(mut entries) => {
-                if entries.next().is_some() {
-                    return Err(Error::NotEmpty {
-                        path: path.to_path_buf(),
-                    });
-                }
+        match crate::destination(path).map_err(io_err("read directory", path))? {
+            crate::Destination::NotEmpty => {
+                return Err(Error::NotEmpty {
+                    path: path.to_path_buf(),
+                });
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            crate::Destination::Empty => {}
+            crate::Destination::Missing => {
                 fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o775)
                     .create(path)
                     .map_err(io_err("create directory", path))?;
             }
-            Err(e) => return Err(io_err("read directory", path)(e)),
         }
         for d in LAYOUT_DIRS {
             let p = path.join(d);

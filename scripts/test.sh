@@ -35,5 +35,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 cargo test
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins

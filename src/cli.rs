@@ -70,7 +70,7 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Keep fetched objects here (an archive repository; reused, so an
-        /// interrupted pull resumes). Default: $XDG_CACHE_HOME/depot/<url hash>.
+        /// interrupted pull resumes). Default: $XDG_CACHE_HOME/depot/URL-HASH (16 hex digits).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Add this certificate (PEM) to the trusted roots for https.
@@ -217,7 +217,7 @@ pub struct CommitArgs {
 /// `depot push`.
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// Where: ssh://[user@]host[:port][/path], or a local repository path.
+    /// Where: ssh://USER@HOST:PORT/PATH (USER, PORT and PATH optional), or a local repository path.
     #[arg(long, value_parser = |s: &str| s.parse::<push::Destination>())]
     to: push::Destination,
     /// The ref to move to a new commit of DIR (its parent: the ref's commit on the server).

@@ -350,9 +350,10 @@ impl Fetcher {
     /// Fetches every name in `names` the cache lacks; each object is verified
     /// as it streams and staged.
     async fn fetch_all(&self, names: Vec<(ObjectName, Option<u64>)>) -> Result<(), Error> {
+        let mut asked = HashSet::new();
         let jobs = names
             .into_iter()
-            .filter(|(name, _)| !self.tx.has_object(name))
+            .filter(|(name, _)| asked.insert(*name) && !self.tx.has_object(name))
             .map(|(name, max)| {
                 let (remote, tx) = (self.remote.clone(), Arc::clone(&self.tx));
                 let limit = max.unwrap_or(self.max_object_size);
@@ -604,9 +605,12 @@ fn checkpoint(fetcher: &mut Fetcher, repo: &Repo) -> Result<(), Error> {
 /// Fetches a whole tree and checks it out into `dest`: dirtrees and
 /// dirmetas level by level, then the directories are made, then the files
 /// the cache has are written from it and the others fetched straight into
-/// place, [`PUBLISH_EVERY`] at a time. The checkout is built in a hidden
-/// sibling of `dest` and renamed to `dest` once complete, so `dest` never
-/// holds a partial tree; after a failure the sibling is removed.
+/// place, [`PUBLISH_EVERY`] at a time.
+///
+/// A `dest` that does not exist is built as a hidden, locked sibling and
+/// renamed into place once complete, so it appears whole or not at all. An
+/// existing empty `dest` (perhaps a mount point, or a symlink to a
+/// directory) is filled in place and emptied again after a failure.
 async fn pull_checkout(
     fetcher: &mut Fetcher,
     repo: &Repo,
@@ -614,7 +618,7 @@ async fn pull_checkout(
     root_meta: Checksum,
     dest: &Path,
 ) -> Result<Option<CheckoutStats>, Error> {
-    let partial = partial_checkout_dir(dest)?;
+    let building = checkout_target(dest)?;
     let mut level = vec![(root_tree, root_meta)];
     let mut seen = HashSet::new();
     let mut depth = 0usize;
@@ -648,82 +652,87 @@ async fn pull_checkout(
     }
     checkpoint(fetcher, repo)?;
     tracing::debug!("directories fetched");
-    match fill_checkout(fetcher, repo, root_tree, root_meta, &partial).await {
+    let dir = match &building {
+        Building::Beside(locked) => locked.path(),
+        Building::InPlace => dest,
+    };
+    match fill_checkout(fetcher, repo, root_tree, root_meta, dir).await {
         Ok(stats) => {
-            std::fs::rename(&partial, dest).map_err(|e| {
-                let _ = std::fs::remove_dir_all(&partial);
-                Error::Local(format!(
-                    "move the finished checkout to {}: {e}",
-                    dest.display()
-                ))
-            })?;
+            if let Building::Beside(locked) = building {
+                locked.rename_to(dest).map_err(|e| {
+                    Error::Local(format!(
+                        "move the finished checkout to {}: {e}",
+                        dest.display()
+                    ))
+                })?;
+            }
             Ok(Some(stats))
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&partial);
+            if let Building::InPlace = building {
+                empty_again(dest);
+            }
             Err(e)
         }
     }
 }
 
-/// Checks that `dest` does not exist or is an empty directory, and names the
-/// hidden sibling a checkout into it is built in.
-fn partial_checkout_dir(dest: &Path) -> Result<PathBuf, Error> {
+/// Where a checkout is built.
+enum Building {
+    /// In a hidden sibling of the destination, removed unless renamed.
+    Beside(repo::LockedDir),
+    /// In the destination, an existing empty directory.
+    InPlace,
+}
+
+/// Checks that `dest` does not exist or is an empty directory and decides
+/// where the checkout is built. Hidden siblings that killed pulls into the
+/// same destination left are removed first.
+fn checkout_target(dest: &Path) -> Result<Building, Error> {
     match crate::destination(dest)
         .map_err(|e| Error::Local(format!("read {}: {e}", dest.display())))?
     {
-        crate::Destination::NotEmpty => {
-            return Err(Error::Read(read::Error::DestinationExists {
-                path: dest.to_path_buf(),
-            }));
-        }
-        crate::Destination::Empty => {}
+        crate::Destination::NotEmpty => Err(Error::Read(read::Error::DestinationExists {
+            path: dest.to_path_buf(),
+        })),
+        crate::Destination::Empty => Ok(Building::InPlace),
         crate::Destination::Missing => {
-            let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
-            if parent.is_some_and(|p| !p.is_dir()) {
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
                 return Err(Error::Local(format!(
                     "{} is not a directory; create it first",
-                    parent.unwrap_or(dest).display()
+                    parent.display()
                 )));
             }
+            let name = dest
+                .file_name()
+                .ok_or_else(|| Error::Local(format!("{} names no directory", dest.display())))?;
+            let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
+            repo::clean_abandoned(parent, &prefix);
+            Ok(Building::Beside(repo::LockedDir::create(
+                parent, &prefix, 0o700,
+            )?))
         }
     }
-    let name = dest
-        .file_name()
-        .ok_or_else(|| Error::Local(format!("{} names no directory", dest.display())))?;
-    let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    remove_abandoned_checkouts(parent, &prefix);
-    Ok(dest.with_file_name(format!("{prefix}{}", std::process::id())))
 }
 
-/// Removes the hidden checkouts that pulls into the same destination left
-/// when they were killed: those whose process is gone.
-fn remove_abandoned_checkouts(parent: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
+/// Removes what a failed pull wrote into a destination that was empty.
+fn empty_again(dest: &Path) {
+    let Ok(entries) = std::fs::read_dir(dest) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(prefix))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            repo::remove_tree(&path)
+        } else {
+            std::fs::remove_file(&path)
         };
-        if Path::new("/proc").join(pid.to_string()).exists() {
-            continue;
-        }
-        tracing::info!(
-            "removing {}, left by a pull that was killed",
-            entry.path().display()
-        );
-        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-            tracing::warn!("could not remove {}: {e}", entry.path().display());
+        if let Err(e) = removed {
+            tracing::warn!("could not remove {}: {e}", path.display());
         }
     }
 }

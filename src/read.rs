@@ -458,9 +458,17 @@ impl FileSink<'_> {
             .map_err(|e| io_err("write", &first)(e.into_error()))?;
         let mode = fs::Permissions::from_mode(opts.mode(header.mode));
         let size = file.metadata().map_err(io_err("stat", &first))?.len();
-        // Copies first, while the first file is still private and readable.
+        // Copies first, while the first file is still private and readable;
+        // each into a new file (a symlink already there is not followed).
         for path in &self.paths[1..] {
-            fs::copy(&first, path).map_err(io_err("copy into", path))?;
+            let mut from = File::open(&first).map_err(io_err("read", &first))?;
+            let mut to = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io_err("create", path))?;
+            io::copy(&mut from, &mut to).map_err(io_err("copy into", path))?;
         }
         for path in self.paths {
             set_xattrs(path, &header.xattrs, stats, opts);

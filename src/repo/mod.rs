@@ -10,6 +10,7 @@ mod config;
 mod content;
 mod incoming;
 pub mod lock;
+mod locked_dir;
 mod transaction;
 
 use std::fs::{self, File};
@@ -22,6 +23,7 @@ pub use config::{INITIAL_CONFIG, KeyFile};
 pub use content::ContentReader;
 pub use incoming::{IncomingObject, PayloadSink, Rejected, max_pushed_metadata};
 pub use lock::{LockGuard, LockMode, Wait};
+pub use locked_dir::{LockedDir, clean_abandoned, remove_tree};
 pub use transaction::{Expected, RefUpdate, Transaction};
 
 use rayon::prelude::*;
@@ -551,19 +553,6 @@ pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
         .create_new(true)
         .mode(0o644)
         .open(path)
-}
-
-/// Whether the process's umask leaves every bit of `mode` alone, so that
-/// files created with it need no `chmod`. Read once from `/proc`; where it
-/// cannot be read, the answer is no.
-pub(crate) fn umask_keeps(mode: u32) -> bool {
-    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    let umask = UMASK.get_or_init(|| {
-        let status = fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-        u32::from_str_radix(line.trim(), 8).ok()
-    });
-    umask.is_some_and(|u| u & mode == 0)
 }
 
 /// Creates a new, uniquely named file in `dir` (mode 0644 before the umask).

@@ -14,7 +14,6 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::checksum::Checksum;
 use crate::object::{Commit, DirTree, FileHeader, ObjectName, ObjectType, write_filez};
@@ -22,15 +21,10 @@ use crate::refname::RefName;
 
 use super::incoming::IncomingObject;
 use super::lock::{self, LockGuard, LockMode, Wait};
+use super::locked_dir::{LockedDir, clean_abandoned};
 use super::{Error, Repo, io_err, tempfile_in, write_file_atomic};
 
 const STAGING_PREFIX: &str = "depot-staging-";
-/// Makes staging names unique within a process.
-static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-const LOCK_SUFFIX: &str = ".lock";
-/// A staging directory without its lock file (something else deleted it)
-/// is abandoned once it is this old.
-const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// A file in staging that an object is being written to. Dropped before
 /// [`Transaction::finish_staging_file`] accepts it (the object failed, or
@@ -100,8 +94,8 @@ pub struct RefUpdate {
 pub struct Transaction {
     repo: Repo,
     pub(super) staging: PathBuf,
-    lock_path: PathBuf,
-    _staging_lock: LockGuard,
+    /// Removes the staging directory when the transaction ends.
+    _staging: LockedDir,
     _repo_lock: LockGuard,
 }
 
@@ -109,34 +103,12 @@ impl Transaction {
     pub(super) fn begin(repo: &Repo) -> Result<Self, Error> {
         let repo_lock = repo.lock(LockMode::Shared)?;
         let tmp = repo.path.join("tmp");
-        clean_abandoned_staging(&tmp);
-        let unique = format!(
-            "{}-{:x}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        // The lock file exists, locked, before the directory does, so a
-        // cleaner never sees a live staging directory without a held lock.
-        let lock_path = tmp.join(format!("{STAGING_PREFIX}{unique}{LOCK_SUFFIX}"));
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock_path)
-            .map_err(io_err("create staging lock", &lock_path))?;
-        let staging_lock = lock::lock(&lock_path, LockMode::Exclusive, Wait::Immediately)?;
-        let staging = tmp.join(format!("{STAGING_PREFIX}{unique}"));
-        if let Err(e) = fs::DirBuilder::new().mode(0o755).create(&staging) {
-            let _ = fs::remove_file(&lock_path);
-            return Err(io_err("create staging directory", &staging)(e));
-        }
+        clean_abandoned(&tmp, STAGING_PREFIX);
+        let dir = LockedDir::create(&tmp, STAGING_PREFIX, 0o755)?;
         Ok(Transaction {
             repo: repo.clone(),
-            staging,
-            lock_path,
-            _staging_lock: staging_lock,
+            staging: dir.path().to_path_buf(),
+            _staging: dir,
             _repo_lock: repo_lock,
         })
     }
@@ -257,12 +229,11 @@ impl Transaction {
         mut staging: StagingFile,
         name: &ObjectName,
     ) -> Result<(), Error> {
-        if !super::umask_keeps(0o644) {
-            staging
-                .file
-                .set_permissions(fs::Permissions::from_mode(0o644))
-                .map_err(io_err("chmod", &staging.path))?;
-        }
+        // Always: a umask or a default ACL may have taken bits away.
+        staging
+            .file
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("chmod", &staging.path))?;
         if !staging.named {
             fs::rename(&staging.path, self.staged_path(name))
                 .map_err(io_err("stage", &staging.path))?;
@@ -573,21 +544,6 @@ impl Transaction {
     }
 }
 
-impl Drop for Transaction {
-    fn drop(&mut self) {
-        // The directory first, its lock file last (still locked).
-        match fs::remove_dir_all(&self.staging) {
-            Ok(()) => {
-                let _ = fs::remove_file(&self.lock_path);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let _ = fs::remove_file(&self.lock_path);
-            }
-            Err(e) => tracing::warn!("could not remove {}: {e}", self.staging.display()),
-        }
-    }
-}
-
 /// Creates a directory a static server must read: mode 0755 whatever the
 /// umask (a web server runs as another user). An existing one is left alone.
 fn make_served_dir(dir: &Path) -> Result<(), Error> {
@@ -613,55 +569,6 @@ fn publish_rank(kind: ObjectType) -> u8 {
 fn sync_fs(dir: &Path) -> Result<(), Error> {
     let f = File::open(dir).map_err(io_err("open", dir))?;
     nix::unistd::syncfs(&f).map_err(|e| io_err("syncfs", dir)(e.into()))
-}
-
-/// Removes staging directories whose owners are gone: their lock file can be
-/// locked. A directory whose lock file is missing is removed once it is old.
-fn clean_abandoned_staging(tmp: &Path) {
-    let Ok(entries) = fs::read_dir(tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
-            continue;
-        };
-        if let Some(unique) = rest.strip_suffix(LOCK_SUFFIX) {
-            let lock_path = entry.path();
-            // Opened without O_CREAT: a lock file that vanished meanwhile
-            // belongs to a transaction that just finished.
-            if let Ok(Some(_guard)) =
-                lock::lock_existing(&lock_path, LockMode::Exclusive, Wait::Immediately)
-            {
-                let dir = tmp.join(format!("{STAGING_PREFIX}{unique}"));
-                tracing::info!(
-                    "removing {} left by an interrupted transaction",
-                    dir.display()
-                );
-                match fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!("could not remove {}: {e}", dir.display());
-                        continue;
-                    }
-                }
-                let _ = fs::remove_file(&lock_path);
-            }
-        } else if !tmp.join(format!("{name}{LOCK_SUFFIX}")).exists() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > ABANDONED_AFTER);
-            if old {
-                tracing::info!("removing {}: its lock file is gone", entry.path().display());
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -54,18 +54,28 @@ fn pull_checks_out_what_was_pushed_and_resumes_from_its_cache() {
     assert_eq!(rows[0]["ref"], "proj/x");
     assert_eq!(rows[0]["commit"], read_ref(&repo, "proj/x"));
     let cache = tmp.path().join("cache");
-    // What a killed pull into co left (no process has that pid), and what a
-    // running one is building (pid 1 always runs): only the first goes.
-    let abandoned = tmp.path().join(".co.depot-pull-999999999");
-    let running = tmp.path().join(".co.depot-pull-1");
+    // What a killed pull into co left (its lock file is free), and what a
+    // running one is building (its lock is held): only the first goes.
+    let abandoned = tmp.path().join(".co.depot-pull-killed");
+    let running = tmp.path().join(".co.depot-pull-running");
+    let lock_of = |dir: &Path| tmp.path().join(format!("{}.lock", dir.display()));
     for dir in [&abandoned, &running] {
         fs::create_dir_all(dir.join("half")).expect("mkdir");
         fs::write(dir.join("half/file"), "partial").expect("write");
+        fs::write(lock_of(dir), "").expect("lock file");
     }
+    let held = depot::repo::lock::lock(
+        &lock_of(&running),
+        depot::repo::LockMode::Exclusive,
+        depot::repo::Wait::Immediately,
+    )
+    .expect("lock");
     let out = ok(pull(&server.url, "proj/x", &cache)
         .arg(tmp.path().join("co"))
         .arg("--json"));
-    assert!(!abandoned.exists() && running.exists());
+    assert!(!abandoned.exists() && !lock_of(&abandoned).exists());
+    assert!(running.exists(), "a live pull's checkout was removed");
+    drop(held);
     assert_same_tree(&tree, &tmp.path().join("co"), depot_default(tmp.path()));
     let outcome: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(outcome["commit"], read_ref(&repo, "proj/x"));
@@ -191,6 +201,12 @@ fn a_lying_server_is_caught_nothing_is_checked_out_and_the_pull_resumes() {
         .filter(|e| e.file_name().to_string_lossy().contains("depot-pull"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Into an existing empty directory (a mount point, say) the checkout is
+    // made in place, and a failure empties it again.
+    let in_place = tmp.path().join("mounted");
+    fs::create_dir(&in_place).expect("mkdir");
+    fails(pull(&server.url, "proj/x", &tmp.path().join("cache3")).arg(&in_place));
+    assert_eq!(fs::read_dir(&in_place).expect("list").count(), 0);
     // The server mended, the same pull resumes: what was verified before the
     // failure is not fetched again.
     fs::write(&victim, &good).expect("write");

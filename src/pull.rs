@@ -745,14 +745,33 @@ async fn fill_checkout(
     dir: &Path,
 ) -> Result<CheckoutStats, Error> {
     let checkout = Checkout::prepare(repo, root_tree, root_meta, dir, CheckoutOptions::default())?;
-    let (cached, missing): (Vec<_>, Vec<_>) = checkout
+    let (cached, mut missing): (Vec<_>, Vec<_>) = checkout
         .files()
         .iter()
         .cloned()
         .partition(|(c, _)| repo.has_object(&ObjectName::new(*c, ObjectType::File)));
-    cached
-        .par_iter()
-        .try_for_each(|(c, paths)| checkout.write_from_repo(repo, c, paths))?;
+    // A cached object that fails verification is dropped and fetched again,
+    // so a damaged cache mends itself instead of failing every pull.
+    let damaged = std::sync::Mutex::new(Vec::new());
+    cached.par_iter().try_for_each(|(c, paths)| {
+        match checkout.write_from_repo(repo, c, paths) {
+            Err(read::Error::Repo(repo::Error::CorruptObject { name, reason })) => {
+                tracing::warn!("{name} in the cache is damaged ({reason}); fetching it again");
+                let _ = std::fs::remove_file(repo.object_path(&name));
+                damaged
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((*c, paths.clone()));
+                Ok(())
+            }
+            other => other,
+        }
+    })?;
+    missing.extend(
+        damaged
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     tracing::debug!("directories made, {} files from the cache", cached.len());
     let checkout = Arc::new(checkout);
     for batch in missing.chunks(PUBLISH_EVERY) {

@@ -368,6 +368,13 @@ impl Checkout {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The reader's verdict on the object itself.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(Error::Repo(repo::Error::CorruptObject {
+                        name: ObjectName::new(*checksum, ObjectType::File),
+                        reason: e.to_string(),
+                    }));
+                }
                 Err(e) => {
                     return Err(io_err(
                         "read",

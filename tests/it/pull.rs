@@ -90,6 +90,33 @@ fn pull_checks_out_what_was_pushed_and_resumes_from_its_cache() {
     );
     assert_same_tree(&tree, &tmp.path().join("co2"), depot_default(tmp.path()));
     ok(ostree_in(&cache).arg("fsck"));
+    // A damaged object in the cache is fetched again, not a dead end.
+    let damaged = walkdir::WalkDir::new(cache.join("objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| {
+            e.path().extension().is_some_and(|x| x == "filez")
+                && e.metadata().is_ok_and(|m| m.len() > 200)
+        })
+        .expect("a content object")
+        .into_path();
+    let mut bytes = fs::read(&damaged).expect("read");
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x40;
+    fs::write(&damaged, &bytes).expect("write");
+    ok(pull(&server.url, "proj/x", &cache).arg(tmp.path().join("co3")));
+    assert_same_tree(&tree, &tmp.path().join("co3"), depot_default(tmp.path()));
+    let again = object_requests(&server).split_off(first);
+    let name = damaged
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        again.len() == 1 && again[0].ends_with(&name),
+        "fetched again: {again:?}"
+    );
+    ok(ostree_in(&cache).arg("fsck"));
 }
 
 #[test]

@@ -440,7 +440,7 @@ impl FileSink<'_> {
 
     /// Completes the placement of a verified object.
     pub fn finish(mut self) -> Result<(), Error> {
-        let header = self.header.clone().ok_or_else(|| Error::Io {
+        let header = self.header.take().ok_or_else(|| Error::Io {
             op: "write",
             path: self.first().to_path_buf(),
             source: io::Error::new(io::ErrorKind::UnexpectedEof, "no content arrived"),

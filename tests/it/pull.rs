@@ -32,6 +32,27 @@ fn pull(url: &str, r: &str, cache: &Path) -> Command {
     c
 }
 
+/// Flips a bit near the end of a content object of `repo` (one over 200
+/// bytes, so the flip lands in its compressed payload). Returns its path and
+/// its bytes as they were.
+fn damage_a_content_object(repo: &Path) -> (PathBuf, Vec<u8>) {
+    let path = walkdir::WalkDir::new(repo.join("objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| {
+            e.path().extension().is_some_and(|x| x == "filez")
+                && e.metadata().is_ok_and(|m| m.len() > 200)
+        })
+        .expect("a content object")
+        .into_path();
+    let good = fs::read(&path).expect("read");
+    let mut bytes = good.clone();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x40;
+    fs::write(&path, &bytes).expect("write");
+    (path, good)
+}
+
 /// The object paths requested from the server.
 fn object_requests(server: &HttpServer) -> Vec<String> {
     server
@@ -91,19 +112,7 @@ fn pull_checks_out_what_was_pushed_and_resumes_from_its_cache() {
     assert_same_tree(&tree, &tmp.path().join("co2"), depot_default(tmp.path()));
     ok(ostree_in(&cache).arg("fsck"));
     // A damaged object in the cache is fetched again, not a dead end.
-    let damaged = walkdir::WalkDir::new(cache.join("objects"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .find(|e| {
-            e.path().extension().is_some_and(|x| x == "filez")
-                && e.metadata().is_ok_and(|m| m.len() > 200)
-        })
-        .expect("a content object")
-        .into_path();
-    let mut bytes = fs::read(&damaged).expect("read");
-    let last = bytes.len() - 2;
-    bytes[last] ^= 0x40;
-    fs::write(&damaged, &bytes).expect("write");
+    let (damaged, _) = damage_a_content_object(&cache);
     ok(pull(&server.url, "proj/x", &cache).arg(tmp.path().join("co3")));
     assert_same_tree(&tree, &tmp.path().join("co3"), depot_default(tmp.path()));
     let again = object_requests(&server).split_off(first);
@@ -196,20 +205,7 @@ fn a_lying_server_is_caught_nothing_is_checked_out_and_the_pull_resumes() {
     let (repo, tree) = served_repo(tmp.path());
     let server = HttpServer::serve(&repo, tmp.path());
     // One content object changed on the server.
-    let victim = walkdir::WalkDir::new(repo.join("objects"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .find(|e| {
-            e.path().extension().is_some_and(|x| x == "filez")
-                && e.metadata().is_ok_and(|m| m.len() > 200)
-        })
-        .expect("a content object")
-        .into_path();
-    let good = fs::read(&victim).expect("read");
-    let mut bytes = good.clone();
-    let last = bytes.len() - 2;
-    bytes[last] ^= 0x40;
-    fs::write(&victim, &bytes).expect("write");
+    let (victim, good) = damage_a_content_object(&repo);
     let name = victim
         .file_name()
         .expect("name")

@@ -180,6 +180,12 @@ pub fn filez_header_bytes(header: &FileHeader, size: u64) -> Vec<u8> {
     length_prefixed(&gvariant::to_bytes(&z))
 }
 
+/// Payloads up to this size are deflated whole, by libdeflate: at the same
+/// level it takes about half zlib's CPU and its output is a little smaller.
+/// Longer ones stream through zlib in bounded memory. Either way the result
+/// is one raw deflate stream, which is all an inflater needs.
+pub const WHOLE_DEFLATE_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// Writes a whole `.filez` to `out`: the header for `size` bytes of
 /// payload, then the payload read from `payload`, deflated at `level` (a
 /// symlink gets its header alone, as ostree writes it). Returns the content
@@ -200,14 +206,30 @@ pub fn write_filez(
         out.flush()?;
         return Ok((crate::checksum::Checksum::from_hasher(hasher), 0));
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    let read = |payload: &mut dyn std::io::Read, buf: &mut [u8]| loop {
-        match payload.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            r => return r,
-        }
-    };
-    let mut n = read(&mut payload, &mut buf)?;
+    if level > 0 && size <= WHOLE_DEFLATE_LIMIT {
+        return WHOLE_DEFLATE.with_borrow_mut(|scratch| {
+            // At most one byte past `size`: enough to show a source that grew.
+            scratch.input.clear();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut payload, size + 1),
+                &mut scratch.input,
+            )?;
+            hasher.update(&scratch.input);
+            let sum = crate::checksum::Checksum::from_hasher(hasher);
+            let total = scratch.input.len() as u64;
+            let sample = &scratch.input[..scratch.input.len().min(SAMPLE_LEN)];
+            if looks_incompressible(sample) {
+                deflate_stream(&scratch.input[..], 0, &mut out)?;
+            } else {
+                let deflated = scratch.deflate(level)?;
+                out.write_all(deflated)?;
+            }
+            out.flush()?;
+            Ok((sum, total))
+        });
+    }
+    let mut buf = vec![0u8; SAMPLE_LEN];
+    let mut n = read_some(&mut payload, &mut buf)?;
     // The first chunk decides: data deflate cannot shrink is stored.
     let level = if level > 0 && looks_incompressible(&buf[..n]) {
         0
@@ -220,10 +242,66 @@ pub fn write_filez(
         total += n as u64;
         hasher.update(&buf[..n]);
         std::io::Write::write_all(&mut encoder, &buf[..n])?;
-        n = read(&mut payload, &mut buf)?;
+        n = read_some(&mut payload, &mut buf)?;
     }
     encoder.finish()?.flush()?;
     Ok((crate::checksum::Checksum::from_hasher(hasher), total))
+}
+
+/// How much of a payload [`looks_incompressible`] is shown, and the chunk a
+/// streamed payload is read in.
+const SAMPLE_LEN: usize = 64 * 1024;
+
+fn read_some(payload: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match payload.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Deflates `data` as one stream through zlib.
+fn deflate_stream(data: &[u8], level: u32, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut encoder = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level));
+    std::io::Write::write_all(&mut encoder, data)?;
+    encoder.finish()?;
+    Ok(())
+}
+
+/// A thread's buffers and compressor for whole-payload deflate, kept
+/// between files: a compressor's tables cost more to set up than a small
+/// file costs to deflate.
+#[derive(Default)]
+struct WholeDeflate {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    compressor: Option<(u32, libdeflater::Compressor)>,
+}
+
+impl WholeDeflate {
+    /// Deflates `self.input` at `level` (1 to 12; above 12 is 12).
+    fn deflate(&mut self, level: u32) -> std::io::Result<&[u8]> {
+        let level = level.min(12);
+        let compressor = match &mut self.compressor {
+            Some((l, c)) if *l == level => c,
+            slot => {
+                let lvl = libdeflater::CompressionLvl::new(level as i32)
+                    .map_err(|e| std::io::Error::other(format!("deflate level {level}: {e:?}")))?;
+                &mut slot.insert((level, libdeflater::Compressor::new(lvl))).1
+            }
+        };
+        self.output
+            .resize(compressor.deflate_compress_bound(self.input.len()), 0);
+        let n = compressor
+            .deflate_compress(&self.input, &mut self.output)
+            .map_err(|e| std::io::Error::other(format!("deflate: {e}")))?;
+        Ok(&self.output[..n])
+    }
+}
+
+thread_local! {
+    static WHOLE_DEFLATE: std::cell::RefCell<WholeDeflate> = std::cell::RefCell::default();
 }
 
 /// Whether `sample`, the start of a file, looks like data deflate cannot
@@ -418,15 +496,21 @@ mod tests {
         let text = include_bytes!("file.rs");
         assert!(!looks_incompressible(text));
         assert!(!looks_incompressible(&text[..1024]));
+        // Deflated text, as a .gz or .zip holds it: the first 64 KiB, as
+        // write_filez samples it.
+        let words = [
+            "object", "commit", "ref", "the", "of", "a", "summary", "push",
+        ];
+        let prose: Vec<u8> = random_bytes(400_000)
+            .iter()
+            .flat_map(|b| [words[(b % 8) as usize].as_bytes(), b" "].concat())
+            .collect();
         let mut deflated =
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        std::io::Write::write_all(&mut deflated, &text.repeat(4)).expect("in memory");
+        std::io::Write::write_all(&mut deflated, &prose).expect("in memory");
         let deflated = deflated.finish().expect("in memory");
-        assert!(
-            looks_incompressible(&deflated),
-            "{} deflated bytes",
-            deflated.len()
-        );
+        assert!(deflated.len() > 65536, "{} deflated bytes", deflated.len());
+        assert!(looks_incompressible(&deflated[..65536]));
         // Too short to tell.
         assert!(!looks_incompressible(&random_bytes(1000)));
         // Skewed toward some values, as in executables: compressed.
@@ -445,15 +529,53 @@ mod tests {
             assert_eq!(sum.to_hex(), checksum(&header, &payload));
             let header_len = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
             let body = &out[8 + header_len..];
-            let mut inflated = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(body), &mut inflated)
-                .expect("inflate");
-            assert_eq!(inflated, payload);
+            assert_eq!(inflate_body(&out), payload);
             let stored = body.len() >= payload.len();
             assert_eq!(
                 stored,
                 looks_incompressible(&payload[..65536.min(payload.len())])
             );
         }
+    }
+
+    /// Inflates the body of a `.filez` written by write_filez.
+    fn inflate_body(filez: &[u8]) -> Vec<u8> {
+        let header_len = u32::from_be_bytes([filez[0], filez[1], filez[2], filez[3]]) as usize;
+        let mut inflated = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::DeflateDecoder::new(&filez[8 + header_len..]),
+            &mut inflated,
+        )
+        .expect("inflate");
+        inflated
+    }
+
+    #[test]
+    fn whole_and_streamed_deflate_both_round_trip() {
+        let header = regular(0o100_644);
+        let text = include_bytes!("file.rs");
+        let long = text.repeat((WHOLE_DEFLATE_LIMIT as usize / text.len()) + 1);
+        assert!(long.len() as u64 > WHOLE_DEFLATE_LIMIT);
+        for (payload, level) in [(&text[..], 9), (&text[..], 12), (&long[..], 1)] {
+            let mut out = Vec::new();
+            let (sum, n) = write_filez(&header, payload.len() as u64, payload, level, &mut out)
+                .expect("write");
+            assert_eq!(
+                (sum.to_hex(), n),
+                (checksum(&header, payload), payload.len() as u64)
+            );
+            assert!(out.len() < payload.len() / 2, "level {level} compressed");
+            assert_eq!(inflate_body(&out), payload);
+        }
+    }
+
+    #[test]
+    fn a_payload_longer_than_declared_reads_one_byte_more() {
+        let header = regular(0o100_644);
+        let payload = b"compressible ".repeat(1000);
+        let declared = payload.len() as u64 - 100;
+        let mut out = Vec::new();
+        let (_, n) = write_filez(&header, declared, &payload[..], 6, &mut out).expect("write");
+        assert_eq!(n, declared + 1);
     }
 }

@@ -188,13 +188,14 @@ pub const WHOLE_DEFLATE_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Writes a whole `.filez` to `out`: the header for `size` bytes of
 /// payload, then the payload read from `payload`, deflated at `level` (a
-/// symlink gets its header alone, as ostree writes it). Returns the content
-/// checksum of what was actually read and its length; the caller compares
-/// them with what it expects, which catches a source that changed.
+/// symlink gets its header alone, as ostree writes it). At most one byte
+/// past `size` is read. Returns the content checksum of what was actually
+/// read and its length; the caller compares them with what it expects,
+/// which catches a source that changed, grew or shrank.
 pub fn write_filez(
     header: &FileHeader,
     size: u64,
-    mut payload: impl std::io::Read,
+    payload: impl std::io::Read,
     level: u32,
     mut out: impl std::io::Write,
 ) -> std::io::Result<(crate::checksum::Checksum, u64)> {
@@ -206,26 +207,13 @@ pub fn write_filez(
         out.flush()?;
         return Ok((crate::checksum::Checksum::from_hasher(hasher), 0));
     }
+    // One byte past `size` is enough to show a source that grew.
+    let mut payload = std::io::Read::take(payload, size.saturating_add(1));
     if level > 0 && size <= WHOLE_DEFLATE_LIMIT {
         return WHOLE_DEFLATE.with_borrow_mut(|scratch| {
-            // At most one byte past `size`: enough to show a source that grew.
-            scratch.input.clear();
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(&mut payload, size + 1),
-                &mut scratch.input,
-            )?;
-            hasher.update(&scratch.input);
-            let sum = crate::checksum::Checksum::from_hasher(hasher);
-            let total = scratch.input.len() as u64;
-            let sample = &scratch.input[..scratch.input.len().min(SAMPLE_LEN)];
-            if looks_incompressible(sample) {
-                deflate_stream(&scratch.input[..], 0, &mut out)?;
-            } else {
-                let deflated = scratch.deflate(level)?;
-                out.write_all(deflated)?;
-            }
-            out.flush()?;
-            Ok((sum, total))
+            let result = scratch.write_body(&mut payload, size, hasher, level, &mut out);
+            scratch.release_if_large();
+            result
         });
     }
     let mut buf = vec![0u8; SAMPLE_LEN];
@@ -280,6 +268,47 @@ struct WholeDeflate {
 }
 
 impl WholeDeflate {
+    /// What a thread keeps between files: a large file's buffers are freed.
+    const KEEP: usize = 1024 * 1024;
+
+    fn release_if_large(&mut self) {
+        if self.input.capacity() > Self::KEEP {
+            self.input = Vec::new();
+        }
+        if self.output.capacity() > Self::KEEP {
+            self.output = Vec::new();
+        }
+    }
+
+    /// Reads the payload whole, hashes it, and writes it deflated at
+    /// `level`, or stored if it looks incompressible.
+    fn write_body(
+        &mut self,
+        payload: &mut impl std::io::Read,
+        size: u64,
+        mut hasher: sha2::Sha256,
+        level: u32,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<(crate::checksum::Checksum, u64)> {
+        use sha2::Digest;
+        self.input.clear();
+        self.input.reserve_exact(size as usize + 1);
+        payload.read_to_end(&mut self.input)?;
+        hasher.update(&self.input);
+        let sample = &self.input[..self.input.len().min(SAMPLE_LEN)];
+        if looks_incompressible(sample) {
+            deflate_stream(&self.input, 0, out)?;
+        } else {
+            let deflated = self.deflate(level)?;
+            out.write_all(deflated)?;
+        }
+        out.flush()?;
+        Ok((
+            crate::checksum::Checksum::from_hasher(hasher),
+            self.input.len() as u64,
+        ))
+    }
+
     /// Deflates `self.input` at `level` (1 to 12; above 12 is 12).
     fn deflate(&mut self, level: u32) -> std::io::Result<&[u8]> {
         let level = level.min(12);
@@ -574,8 +603,29 @@ mod tests {
         let header = regular(0o100_644);
         let payload = b"compressible ".repeat(1000);
         let declared = payload.len() as u64 - 100;
-        let mut out = Vec::new();
-        let (_, n) = write_filez(&header, declared, &payload[..], 6, &mut out).expect("write");
-        assert_eq!(n, declared + 1);
+        let read = &payload[..=declared as usize];
+        // Level 6 deflates whole; level 0 streams.
+        for level in [6, 0] {
+            let mut out = Vec::new();
+            let (sum, n) =
+                write_filez(&header, declared, &payload[..], level, &mut out).expect("write");
+            assert_eq!((n, sum.to_hex()), (declared + 1, checksum(&header, read)));
+        }
+    }
+
+    #[test]
+    fn empty_and_limit_sized_payloads_round_trip() {
+        let header = regular(0o100_644);
+        let limit_sized = b"0123456789abcdef".repeat(WHOLE_DEFLATE_LIMIT as usize / 16);
+        for payload in [&b""[..], &limit_sized[..]] {
+            let mut out = Vec::new();
+            let (sum, n) =
+                write_filez(&header, payload.len() as u64, payload, 6, &mut out).expect("write");
+            assert_eq!(
+                (n, sum.to_hex()),
+                (payload.len() as u64, checksum(&header, payload))
+            );
+            assert_eq!(inflate_body(&out), payload);
+        }
     }
 }

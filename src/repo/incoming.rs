@@ -448,8 +448,10 @@ mod tests {
             .expect("begin");
         obj.feed(&bytes[..10]).expect("feed");
         assert_eq!(staging_entries(&tx).len(), 1, "written while it streams");
+        assert!(!tx.has_object(&name), "not staged until verified");
         drop(obj);
         assert_eq!(staging_entries(&tx), Vec::<String>::new());
+        assert!(!tx.has_object(&name));
     }
 
     #[test]
@@ -481,7 +483,12 @@ mod tests {
         receive(&tx, other, &other_bytes).expect("a good copy");
         assert!(doomed.finish().is_err(), "one byte short");
         assert_eq!(staging_entries(&tx).len(), 2);
+        assert!(tx.has_object(&name) && tx.has_object(&other));
         tx.publish_unsynced().expect("publish");
         assert_eq!(fs::read(repo.object_path(&name)).expect("published"), bytes);
+        assert_eq!(
+            fs::read(repo.object_path(&other)).expect("published"),
+            other_bytes
+        );
     }
 }

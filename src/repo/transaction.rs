@@ -12,9 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::checksum::Checksum;
 use crate::object::{Commit, DirTree, FileHeader, ObjectName, ObjectType, write_filez};
@@ -34,9 +34,21 @@ const STAGING_PREFIX: &str = "depot-staging-";
 pub(super) struct StagingFile {
     file: File,
     pub(super) path: PathBuf,
+    name: ObjectName,
     /// Whether `path` is the object's staged name already.
     named: bool,
     kept: bool,
+    staged: Arc<StagedSet>,
+}
+
+/// The objects staged and complete in a transaction.
+type StagedSet = Mutex<HashSet<ObjectName>>;
+
+fn lock_staged(staged: &StagedSet) -> std::sync::MutexGuard<'_, HashSet<ObjectName>> {
+    // A thread that panicked holding it cannot have left it half-changed.
+    staged
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Write for StagingFile {
@@ -55,12 +67,10 @@ impl Drop for StagingFile {
             return;
         }
         // Under the object's name, another writer's complete copy may have
-        // replaced this file meanwhile: remove only this file.
-        let ours = match (self.file.metadata(), fs::symlink_metadata(&self.path)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        };
-        if ours {
+        // replaced this file. That happens only under this lock, and puts
+        // the name in the set: then the file at the name is not this one.
+        let staged = lock_staged(&self.staged);
+        if !self.named || !staged.contains(&self.name) {
             let _ = fs::remove_file(&self.path);
         }
     }
@@ -98,7 +108,7 @@ pub struct Transaction {
     /// What is staged and complete, kept in memory: staging is private to
     /// this transaction, so this is the truth, and asking it costs no
     /// system call (a push of 50,000 files asks about each object twice).
-    staged: Mutex<HashSet<ObjectName>>,
+    staged: Arc<StagedSet>,
     /// Removes the staging directory when the transaction ends.
     _staging: LockedDir,
     _repo_lock: LockGuard,
@@ -113,7 +123,7 @@ impl Transaction {
         Ok(Transaction {
             repo: repo.clone(),
             staging: dir.path().to_path_buf(),
-            staged: Mutex::default(),
+            staged: Arc::default(),
             _staging: dir,
             _repo_lock: repo_lock,
         })
@@ -212,16 +222,20 @@ impl Transaction {
             Ok(file) => Ok(StagingFile {
                 file,
                 path,
+                name: *name,
                 named: true,
                 kept: false,
+                staged: Arc::clone(&self.staged),
             }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let (file, path) = tempfile_in(&self.staging)?;
                 Ok(StagingFile {
                     file,
                     path,
+                    name: *name,
                     named: false,
                     kept: false,
+                    staged: Arc::clone(&self.staged),
                 })
             }
             Err(e) => Err(io_err("create", &path)(e)),
@@ -240,12 +254,16 @@ impl Transaction {
             .file
             .set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(io_err("chmod", &staging.path))?;
+        let mut staged = lock_staged(&self.staged);
         if !staging.named {
-            fs::rename(&staging.path, self.staged_path(name))
-                .map_err(io_err("stage", &staging.path))?;
+            if let Err(e) = fs::rename(&staging.path, self.staged_path(name)) {
+                // Dropping the staging file takes the lock.
+                drop(staged);
+                return Err(io_err("stage", &staging.path)(e));
+            }
         }
         staging.kept = true;
-        self.staged_set().insert(*name);
+        staged.insert(*name);
         Ok(())
     }
 
@@ -267,10 +285,7 @@ impl Transaction {
     }
 
     fn staged_set(&self) -> std::sync::MutexGuard<'_, HashSet<ObjectName>> {
-        // A thread that panicked holding it cannot have left it half-changed.
-        self.staged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_staged(&self.staged)
     }
 
     /// Loads a commit from staging or the repository.

@@ -472,33 +472,64 @@ fn summary_bytes(refs: &[(RefName, Checksum, CommitInfo)], mode: &str, now: u64)
     ]))
 }
 
+/// One ref in `index.json`. Serialised straight from borrowed fields (a
+/// `serde_json::Value` per ref made this a fifth of an update's time at
+/// 10,000 refs); the keys are in alphabetical order, as they always were.
+#[derive(serde::Serialize)]
+struct IndexRow<'a> {
+    commit: &'a Checksum,
+    commit_size: u64,
+    #[serde(rename = "ref")]
+    name: &'a RefName,
+    size: u64,
+    subject: &'a str,
+    time: String,
+    timestamp: u64,
+    version: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct Index<'a> {
+    refs: Vec<IndexRow<'a>>,
+}
+
 fn index_json(refs: &[(RefName, Checksum, CommitInfo)]) -> Vec<u8> {
-    let rows: Vec<serde_json::Value> = refs
+    let refs = refs
         .iter()
-        .map(|(name, commit, info)| {
-            serde_json::json!({
-                "ref": name,
-                "commit": commit,
-                "timestamp": info.timestamp,
-                "time": crate::timefmt::format(info.timestamp),
-                "subject": info.subject,
-                "version": info.version,
-                "size": info.content_size,
-                "commit_size": info.size,
-            })
+        .map(|(name, commit, info)| IndexRow {
+            commit,
+            commit_size: info.size,
+            name,
+            size: info.content_size,
+            subject: &info.subject,
+            time: crate::timefmt::format(info.timestamp),
+            timestamp: info.timestamp,
+            version: info.version.as_deref(),
         })
         .collect();
-    let mut out = serde_json::to_vec_pretty(&serde_json::json!({ "refs": rows }))
-        .expect("JSON values serialise");
+    let mut out = serde_json::to_vec_pretty(&Index { refs }).expect("the index serialises");
     out.push(b'\n');
     out
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// `s` escaped for HTML text and attribute values.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['&', '<', '>', '"']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'&' => "&amp;",
+                b'<' => "&lt;",
+                b'>' => "&gt;",
+                _ => "&quot;",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
 }
 
 fn index_html(refs: &[(RefName, Checksum, CommitInfo)]) -> String {
@@ -513,11 +544,11 @@ fn index_html(refs: &[(RefName, Checksum, CommitInfo)]) -> String {
         let _ = writeln!(
             out,
             "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(name.as_str()),
+            Escaped(name.as_str()),
             &commit.to_string()[..12],
             crate::timefmt::format(info.timestamp),
-            escape(&info.subject),
-            escape(info.version.as_deref().unwrap_or("")),
+            Escaped(&info.subject),
+            Escaped(info.version.as_deref().unwrap_or("")),
             info.content_size
         );
     }
@@ -554,8 +585,51 @@ mod tests {
     #[test]
     fn html_is_escaped() {
         assert_eq!(
-            escape("<a href=\"x\">&"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;"
+            Escaped("<a href=\"x\">&, and more").to_string(),
+            "&lt;a href=&quot;x&quot;&gt;&amp;, and more"
+        );
+        assert_eq!(Escaped("plain").to_string(), "plain");
+    }
+
+    #[test]
+    fn index_json_has_every_field_in_order() {
+        let info = |subject: &str, version: Option<&str>| CommitInfo {
+            size: 126,
+            timestamp: 1_577_836_800,
+            subject: subject.into(),
+            version: version.map(String::from),
+            content_size: 42,
+        };
+        let refs = vec![
+            (
+                "a/b".parse::<RefName>().expect("ref"),
+                Checksum::of(b"one"),
+                info("quote \" and <tag>", Some("1.0")),
+            ),
+            (
+                "c".parse::<RefName>().expect("ref"),
+                Checksum::of(b"two"),
+                info("", None),
+            ),
+        ];
+        // What a serde_json::Value per ref gives (keys sorted), written out.
+        let rows: Vec<serde_json::Value> = refs
+            .iter()
+            .map(|(name, commit, info)| {
+                serde_json::json!({
+                    "ref": name.as_str(), "commit": commit.to_hex(),
+                    "timestamp": info.timestamp, "time": "2020-01-01T00:00:00Z",
+                    "subject": info.subject, "version": info.version,
+                    "size": info.content_size, "commit_size": info.size,
+                })
+            })
+            .collect();
+        let mut expected =
+            serde_json::to_vec_pretty(&serde_json::json!({ "refs": rows })).expect("json");
+        expected.push(b'\n');
+        assert_eq!(
+            String::from_utf8(index_json(&refs)).expect("utf-8"),
+            String::from_utf8(expected).expect("utf-8")
         );
     }
 }

@@ -30,7 +30,8 @@
 #   time and the goals (cold <= 1.0, unchanged, changed, small <= 1.5,
 #   depot-receive peak RSS < 64 MiB). Once (after run 1) it checks that the
 #   server repositories pass `ostree fsck` and that a checkout of each pushed
-#   commit equals its source tree.
+#   commit equals its source tree, and compares the bytes the cold push and
+#   `ostree commit` stored for the same content objects.
 #
 # Fairness on this machine
 #   - The page cache is not dropped: the source trees are read once before the
@@ -519,6 +520,17 @@ verify() {
     else
         CHECK[same]="differs (ostree commit $o, depot push $d)"
     fi
+    CHECK[stored]=$(stored_sizes "$BENCH_DIRS/1/ostree" "$BENCH_DIRS/1/depot")
+}
+
+# stored_sizes OSTREE_REPO DEPOT_REPO: the bytes of the content objects of
+# OSTREE_REPO, and of the same objects in DEPOT_REPO (which may hold more).
+stored_sizes() {
+    awk 'NR == FNR { o[$1] = $2; next }
+         ($1 in o) { d += $2; t += o[$1]; n++ }
+         END { printf "depot %.1f MiB, ostree commit %.1f MiB (the same %d objects)", d / 1048576, t / 1048576, n }' \
+        <(cd "$1/objects" && find . -name '*.filez' -printf '%P %s\n') \
+        <(cd "$2/objects" && find . -name '*.filez' -printf '%P %s\n')
 }
 
 # median SCENARIO TOOL FIELD: FIELD is 2 (wall s), 3 (CPU s), 4 (client peak
@@ -563,6 +575,7 @@ report() {
     printf '  checkout of the 1%%-changed push == changed copy:   %s\n' "${CHECK[changed]}"
     printf '  checkout of the small-files push == small tree:    %s\n' "${CHECK[small]}"
     printf '  cold push commit vs ostree commit of the tree:     %s\n' "${CHECK[same]}"
+    printf '  content stored by the cold push and ostree commit: %s\n' "${CHECK[stored]}"
     echo
     echo "client: depot push / rsync / ostree commit, with their ssh child; server: depot-receive / rsync --server"
     printf '%-11s %-7s %8s %8s %11s %11s %11s %10s\n' scenario tool "wall s" "CPU s" "client RSS" "server RSS" "server CPU" "MiB sent"

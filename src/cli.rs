@@ -44,7 +44,7 @@ pub enum Command {
         /// A local repository (or set DEPOT_REPO).
         #[arg(long, env = "DEPOT_REPO", conflicts_with = "url")]
         repo: Option<PathBuf>,
-        /// A repository served over http(s).
+        /// A repository served over http(s), or a local one as file:///PATH.
         url: Option<String>,
         /// Add this certificate (PEM) to the trusted roots for https.
         #[arg(long)]
@@ -53,10 +53,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Fetch a ref from a repository served over http(s), verified, and check
-    /// it out (or write one file of it).
+    /// Fetch a ref from a repository served over http(s) (or read through a
+    /// file:// URL), verified, and check it out (or write one file of it).
     Pull {
-        /// The repository's URL.
+        /// The repository's URL: http://, https://, or file:///PATH.
         url: String,
         /// The ref.
         #[arg(value_name = "REF")]

@@ -102,16 +102,76 @@ pub struct RemoteRef {
 #[derive(Debug, Clone)]
 pub struct Remote {
     base: String,
-    client: reqwest::Client,
+    transport: Transport,
+}
+
+/// Where a remote's files come from.
+#[derive(Debug, Clone)]
+enum Transport {
+    Http(reqwest::Client),
+    /// A `file://` URL: a repository on a local or mounted file system, read
+    /// and verified exactly as one served over http.
+    File(PathBuf),
+}
+
+/// How much of a local file one chunk of a `file://` fetch holds.
+const FILE_CHUNK: usize = 256 * 1024;
+
+/// A file being fetched.
+enum Body {
+    Http(reqwest::Response),
+    File(std::fs::File, u64),
+}
+
+impl Body {
+    fn content_length(&self) -> Option<u64> {
+        match self {
+            Body::Http(resp) => resp.content_length(),
+            Body::File(_, len) => Some(*len),
+        }
+    }
+
+    /// The next bytes, `None` at the end; an error says why.
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        match self {
+            Body::Http(resp) => resp.chunk().await.map_err(|e| crate::error_chain(&e)),
+            Body::File(file, _) => {
+                let mut buf = vec![0; FILE_CHUNK];
+                let n = loop {
+                    match std::io::Read::read(file, &mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        r => break r.map_err(|e| e.to_string())?,
+                    }
+                };
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                Ok(Some(buf.into()))
+            }
+        }
+    }
 }
 
 impl Remote {
-    /// Prepares requests to `url` (http or https); `cacert` adds a trusted
-    /// certificate (PEM) to the system's roots.
+    /// Prepares requests to `url` (http, https, or file with an absolute
+    /// path); `cacert` adds a trusted certificate (PEM) to the system's
+    /// roots for https.
     pub fn new(url: &str, cacert: Option<&Path>) -> Result<Remote, Error> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(Error::Local(format!(
+                    "{url:?}: a file:// URL needs an absolute path, as in file:///srv/repo"
+                )));
+            }
+            return Ok(Remote {
+                base: url.trim_end_matches('/').to_string(),
+                transport: Transport::File(PathBuf::from(path)),
+            });
+        }
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Error::Local(format!(
-                "{url:?} is not an http:// or https:// URL"
+                "{url:?} is not an http://, https:// or file:// URL"
             )));
         }
         let mut builder = reqwest::Client::builder()
@@ -131,7 +191,7 @@ impl Remote {
             .map_err(|e| Error::Local(format!("cannot set up HTTP: {e}")))?;
         Ok(Remote {
             base: url.trim_end_matches('/').to_string(),
-            client,
+            transport: Transport::Http(client),
         })
     }
 
@@ -139,20 +199,33 @@ impl Remote {
         format!("{}/{path}", self.base)
     }
 
-    /// Starts a GET; `Ok(None)` for 403/404/410.
-    async fn get(&self, path: &str) -> Result<Option<reqwest::Response>, Error> {
+    /// Starts a GET; `Ok(None)` for 403/404/410 (a missing file for
+    /// `file://`).
+    async fn get(&self, path: &str) -> Result<Option<Body>, Error> {
         let url = self.url(path);
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| Error::Http {
-                url: url.clone(),
-                reason: crate::error_chain(&e),
-            })?;
+        let client = match &self.transport {
+            Transport::Http(client) => client,
+            Transport::File(root) => {
+                let file = root.join(path);
+                let open = std::fs::File::open(&file)
+                    .and_then(|f| f.metadata().map(|m| (f, m.is_file(), m.len())));
+                return match open {
+                    Ok((f, true, len)) => Ok(Some(Body::File(f, len))),
+                    Ok((_, false, _)) => Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::Http {
+                        url,
+                        reason: e.to_string(),
+                    }),
+                };
+            }
+        };
+        let resp = client.get(&url).send().await.map_err(|e| Error::Http {
+            url: url.clone(),
+            reason: crate::error_chain(&e),
+        })?;
         match resp.status().as_u16() {
-            200 => Ok(Some(resp)),
+            200 => Ok(Some(Body::Http(resp))),
             403 | 404 | 410 => Ok(None),
             s => Err(Error::Http {
                 url,
@@ -174,9 +247,9 @@ impl Remote {
             });
         }
         let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Http {
+        while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
             url: url.clone(),
-            reason: crate::error_chain(&e),
+            reason,
         })? {
             if out.len() as u64 + chunk.len() as u64 > max {
                 return Err(Error::Invalid {
@@ -198,7 +271,7 @@ impl Remote {
         let mut dirs = vec![String::new()];
         while let Some(dir) = dirs.pop() {
             let path = format!("refs/heads/{dir}");
-            let Some(page) = self.get_small(&path, 16 * 1024 * 1024).await? else {
+            let Some(entries) = self.list(&path).await? else {
                 if dir.is_empty() {
                     return Err(Error::Invalid {
                         url: self.base.clone(),
@@ -209,7 +282,7 @@ impl Remote {
                 }
                 continue;
             };
-            for href in listing_hrefs(&String::from_utf8_lossy(&page)) {
+            for href in entries {
                 if let Some(sub) = href.strip_suffix('/') {
                     dirs.push(format!("{dir}{sub}/"));
                 } else if let Ok(name) = format!("{dir}{href}").parse::<RefName>() {
@@ -232,6 +305,42 @@ impl Remote {
         }
         out.sort_by(|a, b| a.name.as_str().as_bytes().cmp(b.name.as_str().as_bytes()));
         Ok(out)
+    }
+
+    /// The entries of the directory at `path`, a directory's with a
+    /// trailing `/`: from the server's listing page, or read from the file
+    /// system for `file://`. `None` when there is no listing.
+    async fn list(&self, path: &str) -> Result<Option<Vec<String>>, Error> {
+        let root = match &self.transport {
+            Transport::File(root) => root,
+            Transport::Http(_) => {
+                let page = self.get_small(path, 16 * 1024 * 1024).await?;
+                return Ok(page.map(|p| listing_hrefs(&String::from_utf8_lossy(&p))));
+            }
+        };
+        let failed = |e: std::io::Error| Error::Http {
+            url: self.url(path),
+            reason: e.to_string(),
+        };
+        let entries = match std::fs::read_dir(root.join(path)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(failed(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(failed)?;
+            // A name ostree could not have written is not a ref.
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if entry.file_type().map_err(failed)?.is_dir() {
+                out.push(format!("{name}/"));
+            } else {
+                out.push(name);
+            }
+        }
+        Ok(Some(out))
     }
 
     async fn ref_file(&self, name: &RefName) -> Result<Option<Checksum>, Error> {
@@ -465,9 +574,9 @@ async fn fetch_one(
         },
     };
     let mut obj = tx.begin_object(name, size, limit).map_err(bad)?;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Http {
+    while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
         url: url.clone(),
-        reason: crate::error_chain(&e),
+        reason,
     })? {
         obj.feed_to(
             &chunk,

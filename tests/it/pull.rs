@@ -393,3 +393,49 @@ fn https_with_a_private_ca_works_only_when_given_its_certificate() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_file_url_reads_a_local_repository_as_a_server_would_serve_it() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    let url = format!("file://{}", repo.display());
+    assert!(
+        ok(depot().args(["ls", &url]))
+            .starts_with(&format!("proj/x\t{}", read_ref(&repo, "proj/x")))
+    );
+    let co = tmp.path().join("co");
+    ok(pull(&url, "proj/x", &tmp.path().join("cache")).arg(&co));
+    assert_same_tree(&tree, &co, depot_default(tmp.path()));
+    // ostree, pulling the same repository through its own file:// remote,
+    // checks out the same tree.
+    let mirror = tmp.path().join("mirror");
+    ok(ostree_in(&mirror).args(["init", "--mode=bare-user"]));
+    ok(ostree_in(&mirror).args(["remote", "add", "--no-gpg-verify", "origin", &url]));
+    ok(ostree_in(&mirror).args(["pull", "origin", "proj/x"]));
+    let oco = tmp.path().join("oco");
+    ok(ostree_in(&mirror)
+        .args(["checkout", "-U", "origin:proj/x"])
+        .arg(&oco));
+    assert_same_tree(&oco, &co, OSTREE_USER_MODE);
+    // Without a summary, the refs come from the directories.
+    fs::remove_file(repo.join("summary")).expect("rm");
+    assert!(ok(depot().args(["ls", &url])).starts_with("proj/x\t"));
+    // Every object is verified, as from a server: a damaged one names its
+    // path, and nothing is checked out.
+    let (victim, _) = damage_a_content_object(&repo);
+    let name = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let dest = tmp.path().join("co2");
+    let err = fails(pull(&url, "proj/x", &tmp.path().join("cache2")).arg(&dest));
+    assert!(err.contains(&name[..20]) && err.contains(&url), "{err}");
+    assert!(!dest.exists(), "a partial checkout was left at {dest:?}");
+    // A relative path is refused, saying what to write.
+    let err = fails(pull("file://repo", "proj/x", &tmp.path().join("cache3")).arg(&dest));
+    assert!(
+        err.contains("absolute") && err.contains("file:///"),
+        "{err}"
+    );
+}

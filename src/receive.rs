@@ -481,6 +481,11 @@ where
                         "object {name} was not asked for (or was sent twice)"
                     )));
                 }
+                // Give back what arrived objects held: the transaction's record
+                // of staged objects grows as this set empties.
+                if expected.capacity() > 4096 && expected.len() < expected.capacity() / 4 {
+                    expected.shrink_to_fit();
+                }
                 if size > policy.max_object_size {
                     return Err(Failure::new(
                         ErrorCode::TooLarge,

@@ -120,14 +120,19 @@ const FILE_CHUNK: usize = 256 * 1024;
 /// A file being fetched.
 enum Body {
     Http(reqwest::Response),
-    File(std::fs::File, u64),
+    /// A local file, its length when opened, and how much of it is left.
+    File {
+        file: std::fs::File,
+        len: u64,
+        left: u64,
+    },
 }
 
 impl Body {
     fn content_length(&self) -> Option<u64> {
         match self {
             Body::Http(resp) => resp.content_length(),
-            Body::File(_, len) => Some(*len),
+            Body::File { len, .. } => Some(*len),
         }
     }
 
@@ -135,8 +140,15 @@ impl Body {
     async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
         match self {
             Body::Http(resp) => resp.chunk().await.map_err(|e| crate::error_chain(&e)),
-            Body::File(file, _) => {
-                let mut buf = vec![0; FILE_CHUNK];
+            Body::File { file, left, .. } => {
+                // Its length is what a server would have sent as
+                // Content-Length: no more is read (a file that shrank ends
+                // early, and the verifier says so).
+                if *left == 0 {
+                    return Ok(None);
+                }
+                let mut buf =
+                    vec![0; usize::try_from(*left).map_or(FILE_CHUNK, |n| n.min(FILE_CHUNK))];
                 let n = loop {
                     match std::io::Read::read(file, &mut buf) {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -146,6 +158,7 @@ impl Body {
                 if n == 0 {
                     return Ok(None);
                 }
+                *left -= n as u64;
                 buf.truncate(n);
                 Ok(Some(buf.into()))
             }
@@ -210,7 +223,11 @@ impl Remote {
                 let open = std::fs::File::open(&file)
                     .and_then(|f| f.metadata().map(|m| (f, m.is_file(), m.len())));
                 return match open {
-                    Ok((f, true, len)) => Ok(Some(Body::File(f, len))),
+                    Ok((file, true, len)) => Ok(Some(Body::File {
+                        file,
+                        len,
+                        left: len,
+                    })),
                     Ok((_, false, _)) => Ok(None),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(Error::Http {

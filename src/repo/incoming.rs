@@ -416,7 +416,7 @@ mod tests {
     }
 
     fn staging_entries(tx: &Transaction) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(&tx.staging)
+        let mut v: Vec<String> = fs::read_dir(tx.staging())
             .expect("staging")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();

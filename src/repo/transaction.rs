@@ -104,13 +104,12 @@ pub struct RefUpdate {
 #[derive(Debug)]
 pub struct Transaction {
     repo: Repo,
-    pub(super) staging: PathBuf,
     /// What is staged and complete, kept in memory: staging is private to
     /// this transaction, so this is the truth, and asking it costs no
     /// system call (a push of 50,000 files asks about each object twice).
     staged: Arc<StagedSet>,
-    /// Removes the staging directory when the transaction ends.
-    _staging: LockedDir,
+    /// The staging directory, removed when the transaction ends.
+    staging_dir: LockedDir,
     _repo_lock: LockGuard,
 }
 
@@ -122,11 +121,15 @@ impl Transaction {
         let dir = LockedDir::create(&tmp, STAGING_PREFIX, 0o755)?;
         Ok(Transaction {
             repo: repo.clone(),
-            staging: dir.path().to_path_buf(),
             staged: Arc::default(),
-            _staging: dir,
+            staging_dir: dir,
             _repo_lock: repo_lock,
         })
+    }
+
+    /// This transaction's staging directory.
+    pub(super) fn staging(&self) -> &Path {
+        self.staging_dir.path()
     }
 
     /// The repository.
@@ -135,7 +138,7 @@ impl Transaction {
     }
 
     fn staged_path(&self, name: &ObjectName) -> PathBuf {
-        self.staging.join(name.to_string())
+        self.staging().join(name.to_string())
     }
 
     /// Whether the object is in the repository or already staged here.
@@ -228,7 +231,7 @@ impl Transaction {
                 staged: Arc::clone(&self.staged),
             }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let (file, path) = tempfile_in(&self.staging)?;
+                let (file, path) = tempfile_in(self.staging())?;
                 Ok(StagingFile {
                     file,
                     path,
@@ -281,11 +284,7 @@ impl Transaction {
 
     /// Whether the object is staged here and complete.
     fn staged(&self, name: &ObjectName) -> bool {
-        self.staged_set().contains(name)
-    }
-
-    fn staged_set(&self) -> std::sync::MutexGuard<'_, HashSet<ObjectName>> {
-        lock_staged(&self.staged)
+        lock_staged(&self.staged).contains(name)
     }
 
     /// Loads a commit from staging or the repository.
@@ -448,7 +447,7 @@ impl Transaction {
     /// has less to wait for; a receiver calls it now and then while objects
     /// still arrive.
     pub fn sync_staged(&self) -> Result<(), Error> {
-        sync_fs(&self.staging)
+        sync_fs(self.staging())
     }
 
     /// Publishes every staged object, then applies `updates` atomically with
@@ -467,21 +466,21 @@ impl Transaction {
     }
 
     fn publish(self, updates: &[RefUpdate], durable: bool) -> Result<(), Error> {
-        let mut staged: Vec<ObjectName> = self.staged_set().iter().copied().collect();
+        let mut staged: Vec<ObjectName> = lock_staged(&self.staged).iter().copied().collect();
         // In name order: consecutive renames land in the same objects/XX/.
         staged.sort_unstable();
         let groups = self.publish_order(staged)?;
         if durable {
-            sync_fs(&self.staging)?;
+            sync_fs(self.staging())?;
         }
         let objects = self.repo.path.join("objects");
-        let prefixes: std::collections::BTreeSet<String> = groups
+        let prefixes: std::collections::BTreeSet<u8> = groups
             .iter()
             .flatten()
-            .map(|n| n.checksum.to_hex()[..2].to_string())
+            .map(|n| n.checksum.as_bytes()[0])
             .collect();
         for prefix in prefixes {
-            make_served_dir(&objects.join(prefix))?;
+            make_served_dir(&objects.join(format!("{prefix:02x}")))?;
         }
         // One thread: renames from one directory into another serialise on a
         // file-system-wide lock (s_vfs_rename_mutex), and threads spinning
@@ -642,7 +641,7 @@ mod tests {
         let root = stage_tree(&tx, "root", &[both, shared, published]);
         edges.extend([(root, both), (root, shared)]);
 
-        let staged: Vec<ObjectName> = fs::read_dir(&tx.staging)
+        let staged: Vec<ObjectName> = fs::read_dir(tx.staging())
             .expect("list")
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())

@@ -434,7 +434,6 @@ where
         sinks.push(sink_tx);
     }
     let mut sink_tx = sinks[0].clone();
-    let mut expected: HashSet<ObjectName> = HashSet::new();
     let mut remaining: u64 = 0;
     let mut next_space_check = 64 * 1024 * 1024u64;
     // Writing back while objects still arrive leaves the final sync, with
@@ -453,7 +452,7 @@ where
                 }
                 let missing: Vec<ObjectName> =
                     objects.into_iter().filter(|n| !tx.has_object(n)).collect();
-                expected.extend(missing.iter().copied());
+                tx.request_objects(&missing);
                 writer.send(&Message::Missing { objects: missing }).await?;
                 writer.flush().await?;
                 true
@@ -476,15 +475,10 @@ where
                         "an object started before the previous one ended",
                     ));
                 }
-                if !expected.remove(&name) {
+                if !tx.take_requested(&name) {
                     return Err(Failure::protocol(format!(
                         "object {name} was not asked for (or was sent twice)"
                     )));
-                }
-                // Give back what arrived objects held: the transaction's record
-                // of staged objects grows as this set empties.
-                if expected.capacity() > 4096 && expected.len() < expected.capacity() / 4 {
-                    expected.shrink_to_fit();
                 }
                 if size > policy.max_object_size {
                     return Err(Failure::new(

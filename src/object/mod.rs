@@ -10,6 +10,7 @@ mod commit;
 mod dirmeta;
 mod dirtree;
 mod file;
+mod map;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ pub use file::{
     FileHeader, MAX_FILEZ_HEADER, Xattrs, content_checksum_prefix, filez_header_bytes,
     parse_filez_header, write_filez,
 };
+pub use map::ObjectMap;
 
 use crate::checksum::{self, Checksum};
 use crate::gvariant::{self, DecodeError};

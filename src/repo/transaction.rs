@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::checksum::Checksum;
-use crate::object::{Commit, DirTree, FileHeader, ObjectName, ObjectType, write_filez};
+use crate::object::{Commit, DirTree, FileHeader, ObjectMap, ObjectName, ObjectType, write_filez};
 use crate::refname::RefName;
 
 use super::incoming::IncomingObject;
@@ -38,15 +38,26 @@ pub(super) struct StagingFile {
     /// Whether `path` is the object's staged name already.
     named: bool,
     kept: bool,
-    staged: Arc<StagedSet>,
+    objects: Arc<Objects>,
 }
 
-/// The objects staged and complete in a transaction.
-type StagedSet = Mutex<HashSet<ObjectName>>;
+/// Where an object of a transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Asked for from a pusher ([`Transaction::request_objects`]).
+    Requested,
+    /// Asked for, and its data has begun to arrive.
+    Arriving,
+    /// Staged, complete and verified.
+    Staged,
+}
 
-fn lock_staged(staged: &StagedSet) -> std::sync::MutexGuard<'_, HashSet<ObjectName>> {
+/// The objects a transaction has asked for or staged.
+type Objects = Mutex<ObjectMap<Standing>>;
+
+fn lock_objects(objects: &Objects) -> std::sync::MutexGuard<'_, ObjectMap<Standing>> {
     // A thread that panicked holding it cannot have left it half-changed.
-    staged
+    objects
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -68,9 +79,9 @@ impl Drop for StagingFile {
         }
         // Under the object's name, another writer's complete copy may have
         // replaced this file. That happens only under this lock, and puts
-        // the name in the set: then the file at the name is not this one.
-        let staged = lock_staged(&self.staged);
-        if !self.named || !staged.contains(&self.name) {
+        // the name in the map: then the file at the name is not this one.
+        let objects = lock_objects(&self.objects);
+        if !self.named || objects.get(&self.name) != Some(Standing::Staged) {
             let _ = fs::remove_file(&self.path);
         }
     }
@@ -104,10 +115,12 @@ pub struct RefUpdate {
 #[derive(Debug)]
 pub struct Transaction {
     repo: Repo,
-    /// What is staged and complete, kept in memory: staging is private to
-    /// this transaction, so this is the truth, and asking it costs no
-    /// system call (a push of 50,000 files asks about each object twice).
-    staged: Arc<StagedSet>,
+    /// What is asked for and what is staged, kept in memory: staging is
+    /// private to this transaction, so this is the truth, and asking it
+    /// costs no system call (a push of 50,000 files asks about each object
+    /// twice). One record per object, whatever its standing: a push of a
+    /// million objects holds a million.
+    objects: Arc<Objects>,
     /// The staging directory, removed when the transaction ends.
     staging_dir: LockedDir,
     _repo_lock: LockGuard,
@@ -121,7 +134,7 @@ impl Transaction {
         let dir = LockedDir::create(&tmp, STAGING_PREFIX, 0o755)?;
         Ok(Transaction {
             repo: repo.clone(),
-            staged: Arc::default(),
+            objects: Arc::default(),
             staging_dir: dir,
             _repo_lock: repo_lock,
         })
@@ -228,7 +241,7 @@ impl Transaction {
                 name: *name,
                 named: true,
                 kept: false,
-                staged: Arc::clone(&self.staged),
+                objects: Arc::clone(&self.objects),
             }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let (file, path) = tempfile_in(self.staging())?;
@@ -238,7 +251,7 @@ impl Transaction {
                     name: *name,
                     named: false,
                     kept: false,
-                    staged: Arc::clone(&self.staged),
+                    objects: Arc::clone(&self.objects),
                 })
             }
             Err(e) => Err(io_err("create", &path)(e)),
@@ -257,25 +270,31 @@ impl Transaction {
             .file
             .set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(io_err("chmod", &staging.path))?;
-        let mut staged = lock_staged(&self.staged);
+        let mut objects = lock_objects(&self.objects);
         if !staging.named {
             if let Err(e) = fs::rename(&staging.path, self.staged_path(name)) {
                 // Dropping the staging file takes the lock.
-                drop(staged);
+                drop(objects);
                 return Err(io_err("stage", &staging.path)(e));
             }
         }
         staging.kept = true;
-        staged.insert(*name);
+        objects.insert(*name, Standing::Staged);
         Ok(())
     }
 
     /// Reads a metadata object from this transaction's staging or from the
     /// repository, verified.
     pub fn read_metadata(&self, name: &ObjectName) -> Result<Vec<u8>, Error> {
-        if !self.staged(name) {
-            return self.repo.read_metadata(name);
+        if self.staged(name) {
+            self.read_staged_metadata(name)
+        } else {
+            self.repo.read_metadata(name)
         }
+    }
+
+    /// Reads a metadata object known to be staged here, verified.
+    fn read_staged_metadata(&self, name: &ObjectName) -> Result<Vec<u8>, Error> {
         let path = self.staged_path(name);
         let data = fs::read(&path).map_err(io_err("read", &path))?;
         super::verify_named(name, &data)?;
@@ -284,7 +303,26 @@ impl Transaction {
 
     /// Whether the object is staged here and complete.
     fn staged(&self, name: &ObjectName) -> bool {
-        lock_staged(&self.staged).contains(name)
+        lock_objects(&self.objects).get(name) == Some(Standing::Staged)
+    }
+
+    /// Records that a pusher was asked for these objects. Each may then
+    /// arrive once ([`take_requested`](Transaction::take_requested)).
+    pub fn request_objects(&self, names: &[ObjectName]) {
+        let mut objects = lock_objects(&self.objects);
+        for name in names {
+            if objects.get(name).is_none() {
+                objects.insert(*name, Standing::Requested);
+            }
+        }
+    }
+
+    /// Whether an arriving object was asked for and has not arrived before;
+    /// true only once per object.
+    pub fn take_requested(&self, name: &ObjectName) -> bool {
+        let mut objects = lock_objects(&self.objects);
+        objects.get(name) == Some(Standing::Requested)
+            && objects.insert(*name, Standing::Arriving).is_some()
     }
 
     /// Loads a commit from staging or the repository.
@@ -368,28 +406,24 @@ impl Transaction {
         Ok(false)
     }
 
-    /// Sorts staged objects into groups to publish one after another, so that
-    /// whatever an object points at is published before it (what
+    /// Puts staged objects in the order to publish them, so that whatever
+    /// an object points at is published before it (what
     /// [`check_closure`](Transaction::check_closure) relies on after a
     /// crash): content, dirmetas, dirtrees from the leaves up, detached
-    /// metadata, commits. The objects of one group can be published in any
-    /// order.
-    fn publish_order(&self, mut staged: Vec<ObjectName>) -> Result<Vec<Vec<ObjectName>>, Error> {
-        staged.sort_by_key(|n| publish_rank(n.kind));
-        let mut groups: Vec<Vec<ObjectName>> = Vec::new();
-        for group in staged.chunk_by(|a, b| publish_rank(a.kind) == publish_rank(b.kind)) {
-            if group[0].kind == ObjectType::DirTree {
-                groups.extend(self.dirtrees_leaves_first(group)?);
-            } else {
-                groups.push(group.to_vec());
-            }
-        }
-        Ok(groups)
+    /// metadata, commits. Within a kind, name order: consecutive renames
+    /// land in the same `objects/XX/`. In place, since a push may stage
+    /// millions of objects.
+    fn publish_order(&self, staged: &mut [ObjectName]) -> Result<(), Error> {
+        staged.sort_unstable_by_key(|n| (publish_rank(n.kind), *n));
+        let tree_rank = publish_rank(ObjectType::DirTree);
+        let start = staged.partition_point(|n| publish_rank(n.kind) < tree_rank);
+        let end = staged.partition_point(|n| publish_rank(n.kind) <= tree_rank);
+        self.dirtrees_leaves_first(&mut staged[start..end])
     }
 
-    /// Staged dirtrees in levels: those with no staged subtree first, then
-    /// those whose staged subtrees are all in earlier levels.
-    fn dirtrees_leaves_first(&self, trees: &[ObjectName]) -> Result<Vec<Vec<ObjectName>>, Error> {
+    /// Orders staged dirtrees so that each comes after its staged subtrees:
+    /// first those with none, then those whose subtrees are all placed.
+    fn dirtrees_leaves_first(&self, trees: &mut [ObjectName]) -> Result<(), Error> {
         let index: HashMap<Checksum, usize> = trees
             .iter()
             .enumerate()
@@ -398,7 +432,7 @@ impl Transaction {
         let mut parents: Vec<Vec<usize>> = vec![Vec::new(); trees.len()];
         let mut waiting_on: Vec<usize> = vec![0; trees.len()];
         for (i, name) in trees.iter().enumerate() {
-            let data = self.read_metadata(name)?;
+            let data = self.read_staged_metadata(name)?;
             let tree = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
                 name: *name,
                 reason: crate::error_chain(&e),
@@ -413,34 +447,25 @@ impl Transaction {
                 parents[c].push(i);
             }
         }
-        let mut level: Vec<usize> = (0..trees.len()).filter(|&i| waiting_on[i] == 0).collect();
-        let mut levels = Vec::new();
-        let mut placed = 0;
-        while !level.is_empty() {
-            placed += level.len();
-            let mut next = Vec::new();
-            for &i in &level {
-                for &p in &parents[i] {
-                    waiting_on[p] -= 1;
-                    if waiting_on[p] == 0 {
-                        next.push(p);
-                    }
+        let mut order: Vec<usize> = (0..trees.len()).filter(|&i| waiting_on[i] == 0).collect();
+        let mut next = 0;
+        while next < order.len() {
+            for &p in &parents[order[next]] {
+                waiting_on[p] -= 1;
+                if waiting_on[p] == 0 {
+                    order.push(p);
                 }
             }
-            levels.push(level.iter().map(|&i| trees[i]).collect());
-            level = next;
+            next += 1;
         }
         // Checksums make a cycle impossible; had one slipped in, its trees
         // still go out, last.
-        if placed < trees.len() {
-            levels.push(
-                (0..trees.len())
-                    .filter(|&i| waiting_on[i] > 0)
-                    .map(|i| trees[i])
-                    .collect(),
-            );
+        if order.len() < trees.len() {
+            order.extend((0..trees.len()).filter(|&i| waiting_on[i] > 0));
         }
-        Ok(levels)
+        let ordered: Vec<ObjectName> = order.iter().map(|&i| trees[i]).collect();
+        trees.copy_from_slice(&ordered);
+        Ok(())
     }
 
     /// Makes what is staged so far durable, so that [`commit`](Transaction::commit)
@@ -466,31 +491,29 @@ impl Transaction {
     }
 
     fn publish(self, updates: &[RefUpdate], durable: bool) -> Result<(), Error> {
-        let mut staged: Vec<ObjectName> = lock_staged(&self.staged).iter().copied().collect();
-        // In name order: consecutive renames land in the same objects/XX/.
-        staged.sort_unstable();
-        let groups = self.publish_order(staged)?;
+        // Every writer has finished: the record is complete, and its table
+        // is no longer needed.
+        let mut staged = std::mem::take(&mut *lock_objects(&self.objects))
+            .into_names_where(|standing| standing == Standing::Staged);
+        self.publish_order(&mut staged)?;
         if durable {
             sync_fs(self.staging())?;
         }
         let objects = self.repo.path.join("objects");
-        let prefixes: std::collections::BTreeSet<u8> = groups
-            .iter()
-            .flatten()
-            .map(|n| n.checksum.as_bytes()[0])
-            .collect();
+        let prefixes: std::collections::BTreeSet<u8> =
+            staged.iter().map(|n| n.checksum.as_bytes()[0]).collect();
         for prefix in prefixes {
             make_served_dir(&objects.join(format!("{prefix:02x}")))?;
         }
         // One thread: renames from one directory into another serialise on a
         // file-system-wide lock (s_vfs_rename_mutex), and threads spinning
         // on it cost more than they save.
-        for name in groups.iter().flatten() {
+        for name in &staged {
             let target = self.repo.object_path(name);
             fs::rename(self.staged_path(name), &target)
                 .map_err(io_err("publish object", &target))?;
         }
-        if durable && !groups.is_empty() {
+        if durable && !staged.is_empty() {
             sync_fs(&objects)?;
         }
         if !updates.is_empty() {
@@ -647,20 +670,15 @@ mod tests {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
         assert_eq!(staged.len(), 12);
-        let groups = tx.publish_order(staged).expect("order");
-        let group_of = |c: Checksum| {
-            groups
-                .iter()
-                .position(|g| g.iter().any(|n| n.checksum == c))
-                .expect("placed")
-        };
-        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 12);
+        let mut order = staged;
+        tx.publish_order(&mut order).expect("order");
+        let position = |c: Checksum| order.iter().position(|n| n.checksum == c).expect("placed");
+        assert_eq!(order.len(), 12);
         for (parent, child) in edges {
             assert!(
-                group_of(child) < group_of(parent),
+                position(child) < position(parent),
                 "a dirtree is published before its subtree"
             );
         }
-        assert_eq!(groups.len(), 11, "the leaves, the chain of 8, both, root");
     }
 }

@@ -142,10 +142,14 @@ pub struct Outcome {
     pub new_content_objects: u64,
 }
 
-/// One regular file or symlink found by the scan.
+/// One regular file or symlink found by the scan. Its path is its
+/// directory's joined with its name ([`Scan::path`]): a push of a million
+/// files keeps a million entries.
 #[derive(Debug)]
 pub(crate) struct FileEntry {
-    pub(crate) path: PathBuf,
+    /// Its directory, an index into [`Scan::dirs`].
+    pub(crate) dir: usize,
+    pub(crate) name: FileName,
     pub(crate) mode: u32,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
@@ -156,8 +160,10 @@ pub(crate) struct FileEntry {
 /// One directory found by the scan; children refer to indices.
 #[derive(Debug)]
 pub(crate) struct DirNode {
+    pub(crate) path: PathBuf,
     pub(crate) meta: DirMeta,
-    pub(crate) files: Vec<(FileName, usize)>,
+    /// Indices into [`Scan::files`].
+    pub(crate) files: Vec<usize>,
     pub(crate) dirs: Vec<(FileName, usize)>,
 }
 
@@ -167,6 +173,13 @@ pub(crate) struct DirNode {
 pub(crate) struct Scan {
     pub(crate) dirs: Vec<DirNode>,
     pub(crate) files: Vec<FileEntry>,
+}
+
+impl Scan {
+    /// Where a file of the scan is.
+    pub(crate) fn path(&self, file: &FileEntry) -> PathBuf {
+        self.dirs[file.dir].path.join(file.name.as_str())
+    }
 }
 
 fn kind_name(ft: fs::FileType) -> &'static str {
@@ -249,6 +262,7 @@ pub(crate) fn scan(root: &Path, opts: &Options) -> Result<Scan, Error> {
             };
             let idx = dirs.len();
             dirs.push(DirNode {
+                path: path.to_path_buf(),
                 meta: DirMeta {
                     uid,
                     gid,
@@ -277,21 +291,21 @@ pub(crate) fn scan(root: &Path, opts: &Options) -> Result<Scan, Error> {
             } else {
                 None
             };
-            let idx = files.len();
+            let (Some(name), Some(&parent)) = (name, stack.last()) else {
+                return Err(Error::NotADirectory {
+                    path: path.to_path_buf(),
+                });
+            };
+            dirs[parent].files.push(files.len());
             files.push(FileEntry {
-                path: path.to_path_buf(),
+                dir: parent,
+                name,
                 mode: md.mode(),
                 uid,
                 gid,
                 size: if ft.is_symlink() { 0 } else { md.len() },
                 symlink_target,
             });
-            let (Some(name), Some(&parent)) = (name, stack.last()) else {
-                return Err(Error::NotADirectory {
-                    path: path.to_path_buf(),
-                });
-            };
-            dirs[parent].files.push((name, idx));
         } else {
             return Err(Error::Unsupported {
                 path: path.to_path_buf(),
@@ -303,11 +317,12 @@ pub(crate) fn scan(root: &Path, opts: &Options) -> Result<Scan, Error> {
 }
 
 impl FileEntry {
-    pub(crate) fn header(&self, no_xattrs: bool) -> Result<FileHeader, Error> {
+    /// Its content object's header; `path` is where it is.
+    pub(crate) fn header(&self, path: &Path, no_xattrs: bool) -> Result<FileHeader, Error> {
         let xattrs = if no_xattrs {
             Xattrs::default()
         } else {
-            read_xattrs(&self.path)?
+            read_xattrs(path)?
         };
         Ok(FileHeader {
             uid: self.uid,
@@ -364,14 +379,16 @@ pub(crate) struct Hashed {
     pub(crate) in_buffer: bool,
 }
 
-/// Hashes one file's content object. A small file is read whole into `buf`
-/// (and stays there for the caller); a large one is streamed.
+/// Hashes one file's content object; `path` is where it is. A small file is
+/// read whole into `buf` (and stays there for the caller); a large one is
+/// streamed.
 pub(crate) fn hash_entry(
     entry: &FileEntry,
+    path: &Path,
     no_xattrs: bool,
     buf: &mut Vec<u8>,
 ) -> Result<Hashed, Error> {
-    let header = entry.header(no_xattrs)?;
+    let header = entry.header(path, no_xattrs)?;
     let prefix = content_checksum_prefix(&header);
     if entry.symlink_target.is_some() {
         let checksum = Checksum::from_hasher(Sha256::new_with_prefix(&prefix));
@@ -382,16 +399,16 @@ pub(crate) fn hash_entry(
             in_buffer: true,
         });
     }
-    let mut file = File::open(&entry.path).map_err(io_err("open", &entry.path))?;
+    let mut file = File::open(path).map_err(io_err("open", path))?;
     if entry.size <= WHOLE_FILE_LIMIT {
         buf.clear();
         (&mut file)
             .take(entry.size + 1)
             .read_to_end(buf)
-            .map_err(io_err("read", &entry.path))?;
+            .map_err(io_err("read", path))?;
         if buf.len() as u64 != entry.size {
             return Err(repo::Error::ChangedWhileReading {
-                path: entry.path.clone(),
+                path: path.to_path_buf(),
             }
             .into());
         }
@@ -404,7 +421,7 @@ pub(crate) fn hash_entry(
         });
     }
     buf.resize(CHUNK, 0);
-    let checksum = hash_stream(&prefix, &mut file, entry.size, &entry.path, buf)?;
+    let checksum = hash_stream(&prefix, &mut file, entry.size, path, buf)?;
     Ok(Hashed {
         checksum,
         header,
@@ -418,6 +435,7 @@ fn store_file(
     tx: &Transaction,
     claimed: &Mutex<HashSet<Checksum>>,
     entry: &FileEntry,
+    path: &Path,
     no_xattrs: bool,
     buf: &mut Vec<u8>,
 ) -> Result<(Checksum, bool), Error> {
@@ -425,15 +443,15 @@ fn store_file(
         checksum,
         header,
         in_buffer,
-    } = hash_entry(entry, no_xattrs, buf)?;
+    } = hash_entry(entry, path, no_xattrs, buf)?;
     let new = !tx.has_object(&ObjectName::new(checksum, ObjectType::File))
         && claimed.lock().is_ok_and(|mut set| set.insert(checksum));
     if new {
         if in_buffer {
-            tx.write_content(&checksum, &header, entry.size, &buf[..], &entry.path)?;
+            tx.write_content(&checksum, &header, entry.size, &buf[..], path)?;
         } else {
-            let file = File::open(&entry.path).map_err(io_err("open", &entry.path))?;
-            tx.write_content(&checksum, &header, entry.size, file, &entry.path)?;
+            let file = File::open(path).map_err(io_err("open", path))?;
+            tx.write_content(&checksum, &header, entry.size, file, path)?;
         }
     }
     Ok((checksum, new))
@@ -486,7 +504,7 @@ pub(crate) fn build_trees(
         let files = node
             .files
             .iter()
-            .map(|(n, f)| (n.clone(), file_sums[*f]))
+            .map(|&f| (scan.files[f].name.clone(), file_sums[f]))
             .collect();
         let dirs = node
             .dirs
@@ -538,7 +556,7 @@ pub fn commit_dir(repo: &Repo, dir: &Path, opts: &Options) -> Result<Outcome, Er
         .files
         .par_iter()
         .map_init(Vec::new, |buf, entry| {
-            store_file(&tx, &claimed, entry, opts.no_xattrs, buf)
+            store_file(&tx, &claimed, entry, &scan.path(entry), opts.no_xattrs, buf)
         })
         .collect::<Result<_, _>>()?;
     let file_sums: Vec<Checksum> = results.iter().map(|(c, _)| *c).collect();

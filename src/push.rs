@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::checksum::Checksum;
 use crate::commit::{self, FileEntry, Scan};
-use crate::object::{Commit, DirTree, ObjectName, ObjectType, write_filez};
+use crate::object::{Commit, DirTree, ObjectMap, ObjectName, ObjectType, write_filez};
 use crate::protocol::frame::MAX_PAYLOAD;
 use crate::protocol::message::{MAGIC, MAX_BATCH, MAX_VERSION, MIN_VERSION};
 use crate::protocol::{
@@ -327,8 +327,8 @@ fn spawn_transport(opts: &Options) -> Result<Child, Error> {
 struct TreeObjects {
     scan: Scan,
     metadata: HashMap<ObjectName, Vec<u8>>,
-    /// Content checksum → index of a file with that content.
-    content: HashMap<Checksum, usize>,
+    /// Content object → index of a file with that content.
+    content: ObjectMap<usize>,
     no_xattrs: bool,
 }
 
@@ -401,7 +401,7 @@ fn hash_tree(
         .files
         .par_iter()
         .map_init(Vec::new, |buf, entry| {
-            commit::hash_entry(entry, options.no_xattrs, buf).map(|h| h.checksum)
+            commit::hash_entry(entry, &scan.path(entry), options.no_xattrs, buf).map(|h| h.checksum)
         })
         .collect::<Result<_, _>>()?;
     let mut metadata = HashMap::new();
@@ -410,9 +410,12 @@ fn hash_tree(
         metadata.insert(ObjectName::new(c, kind), bytes);
         Ok(c)
     })?;
-    let mut content = HashMap::new();
+    let mut content = ObjectMap::new();
     for (i, c) in sums.iter().enumerate() {
-        content.entry(*c).or_insert(i);
+        let name = ObjectName::new(*c, ObjectType::File);
+        if content.get(&name).is_none() {
+            content.insert(name, i);
+        }
     }
     Ok((
         TreeObjects {
@@ -700,7 +703,7 @@ async fn session(
     let to_send = negotiate(&local, &updates, reader, writer).await?;
     let (objects_sent, bytes_sent) = match send_objects(
         &local,
-        &to_send,
+        to_send,
         limits.max_object_size,
         zlib_level,
         writer,
@@ -754,7 +757,7 @@ async fn negotiate(
     reader: &mut Reader,
     writer: &mut Writer,
 ) -> Result<Vec<ObjectName>, Error> {
-    let mut asked: HashSet<ObjectName> = HashSet::new();
+    let mut asked: ObjectMap<()> = ObjectMap::new();
     let mut to_send = Vec::new();
     let mut level: Vec<ObjectName> = Vec::new();
     for u in updates {
@@ -767,7 +770,7 @@ async fn negotiate(
         }
     }
     while !level.is_empty() {
-        level.retain(|n| asked.insert(*n));
+        level.retain(|n| asked.insert(*n, ()).is_none());
         let mut next = Vec::new();
         // One batch in flight: the reply to a big batch can fill the pipe,
         // and a client still writing its next batch would never read it.
@@ -840,30 +843,23 @@ fn produce(
             }
         }
         Local::Tree(t) => {
-            let index = *t
+            let index = t
                 .content
-                .get(&name.checksum)
+                .get(name)
                 .ok_or_else(|| Error::Local(format!("object {name} is not in the tree")))?;
             let entry: &FileEntry = &t.scan.files[index];
-            let header = entry.header(t.no_xattrs)?;
-            let changed = || {
-                Error::from(repo::Error::ChangedWhileReading {
-                    path: entry.path.clone(),
-                })
-            };
+            let path = t.scan.path(entry);
+            let header = entry.header(&path, t.no_xattrs)?;
+            let changed = || Error::from(repo::Error::ChangedWhileReading { path: path.clone() });
             let local_err =
-                |e: std::io::Error| Error::Local(format!("compress {}: {e}", entry.path.display()));
+                |e: std::io::Error| Error::Local(format!("compress {}: {e}", path.display()));
             // One read: write_filez hashes what it compresses, and a source
             // that changed since it was hashed shows as a different checksum
             // or length (reading at most one byte past the expected size).
             let source: Box<dyn Read> = if entry.symlink_target.is_some() {
                 Box::new(std::io::empty())
             } else {
-                Box::new(
-                    File::open(&entry.path)
-                        .map_err(local_err)?
-                        .take(entry.size + 1),
-                )
+                Box::new(File::open(&path).map_err(local_err)?.take(entry.size + 1))
             };
             let payload = if entry.size <= IN_MEMORY_LIMIT {
                 buf.clear();
@@ -899,7 +895,7 @@ fn produce(
                     code: ErrorCode::TooLarge,
                     message: format!(
                         "{} compresses to {size} bytes, over the server's {max_object_size}-byte limit",
-                        entry.path.display()
+                        path.display()
                     ),
                 });
             }
@@ -912,16 +908,14 @@ fn produce(
 /// ahead of one writer.
 async fn send_objects(
     local: &Arc<Local>,
-    to_send: &[ObjectName],
+    to_send: Vec<ObjectName>,
     max_object_size: u64,
     zlib_level: u32,
     writer: &mut Writer,
     show_progress: bool,
 ) -> Result<(u64, u64), Error> {
     let mut progress = Progress::new(show_progress, to_send.len() as u64);
-    let (content, metadata): (Vec<ObjectName>, Vec<ObjectName>) =
-        to_send.iter().partition(|n| n.kind == ObjectType::File);
-    for name in &metadata {
+    for name in to_send.iter().filter(|n| n.kind != ObjectType::File) {
         let data = local.metadata(name)?;
         writer
             .send_object(name, &data)
@@ -935,7 +929,8 @@ async fn send_objects(
         let local = Arc::clone(local);
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            content.par_iter().for_each_init(Vec::new, |buf, name| {
+            let content = to_send.par_iter().filter(|n| n.kind == ObjectType::File);
+            content.for_each_init(Vec::new, |buf, name| {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }

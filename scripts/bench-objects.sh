@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# bench-objects.sh: the memory of a push of very many objects.
+#
+# What it measures
+#   A tree of BENCH_OBJECTS files (default 1,000,000; a dozen bytes each, all
+#   different, 1,000 to a directory) is pushed once into a fresh local
+#   repository, with depot-receive (the local transport's child) under
+#   /usr/bin/time, and committed once by `ostree commit` into a fresh archive
+#   repository alongside. It prints the wall time and peak RSS of `depot
+#   push`, of `depot-receive` and of `ostree commit`, and what depot-receive
+#   holds per object above the base it has for a small push. Goal (issue 3):
+#   depot-receive under 64 MiB whatever the push. Memory is not noisy, so one
+#   run; the times are one run's and only a guide.
+#
+#   It checks that the pushed commit checks out to the tree's files with
+#   `ostree checkout` (file count) and that `ostree fsck` passes, unless
+#   BENCH_FSCK=0 (fsck reads every object: minutes for a million).
+#
+# How to run
+#   scripts/bench-objects.sh                      # about 20 minutes at 1,000,000
+#   BENCH_OBJECTS=100000 scripts/bench-objects.sh
+#
+# The tree is kept in bench-work/objects-N for the next run; the repositories
+# are deleted at the end.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BASE=${BENCH_WORK:-$ROOT/bench-work}
+OBJECTS=${BENCH_OBJECTS:-1000000}
+WORK=$BASE/objects
+TREE=$BASE/objects-$OBJECTS
+DELETED_STAMP=$BASE/deleted.stamp # shared with the other benchmarks
+log() { echo "bench-objects: $*" >&2; }
+die() { echo "bench-objects: $*" >&2; exit 1; }
+# SETTLE_SECONDS, deleted_many and settle.
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+
+((OBJECTS >= 1000 && OBJECTS % 1000 == 0)) || die "BENCH_OBJECTS must be a multiple of 1000"
+command -v ostree >/dev/null || die "ostree is missing (apt-get install ostree)"
+[ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
+command -v python3 >/dev/null || die "python3 is missing (apt-get install python3)"
+(cd "$ROOT" && cargo build --release --quiet --bin depot --bin depot-receive) || die "cargo build failed"
+
+if [ -e "$WORK" ]; then rm -rf "$WORK" && deleted_many; fi
+settle
+mkdir -p "$BASE" "$WORK/bin"
+if [ ! -f "$TREE.done" ]; then
+    rm -rf "$TREE"
+    log "creating $OBJECTS files in $TREE"
+    python3 - "$TREE" "$OBJECTS" <<'EOF'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for d in range(n // 1000):
+    path = os.path.join(root, "%04d" % d)
+    os.makedirs(path)
+    for i in range(1000):
+        with open(os.path.join(path, "%04d" % i), "w") as f:
+            f.write("object %d %d\n" % (d, i))
+EOF
+    touch "$TREE.done"
+fi
+
+# The local transport runs the depot-receive beside depot: here, a wrapper
+# that measures the real one.
+cp "$ROOT/target/release/depot" "$WORK/bin/depot"
+cat >"$WORK/bin/depot-receive" <<EOF
+#!/bin/sh
+exec /usr/bin/time -f "%e %M" -o "$WORK/receive.usage" "$ROOT/target/release/depot-receive" "\$@"
+EOF
+chmod +x "$WORK/bin/depot-receive"
+trap 'rm -rf "$WORK"; deleted_many' EXIT
+
+# A push of one small file: depot-receive's base.
+mkdir -p "$WORK/one" && echo one >"$WORK/one/file"
+"$WORK/bin/depot" init "$WORK/base-repo" >/dev/null
+"$WORK/bin/depot" push --no-progress --to "$WORK/base-repo" --ref one "$WORK/one" >/dev/null
+read -r _ base_kib <"$WORK/receive.usage"
+
+find "$TREE" -type f -exec cat {} + >/dev/null # the page cache, warm for both
+"$WORK/bin/depot" init "$WORK/repo" >/dev/null
+sync
+log "depot push"
+/usr/bin/time -f "%e %M" -o "$WORK/push.usage" \
+    "$WORK/bin/depot" push --no-progress --to "$WORK/repo" --ref many "$TREE" >/dev/null
+read -r push_s push_kib <"$WORK/push.usage"
+read -r receive_s receive_kib <"$WORK/receive.usage"
+
+ostree --repo="$WORK/ostree" init --mode=archive
+find "$TREE" -type f -exec cat {} + >/dev/null
+sync
+log "ostree commit"
+/usr/bin/time -f "%e %M" -o "$WORK/ostree.usage" \
+    ostree --repo="$WORK/ostree" commit --branch=many --tree=dir="$TREE" >/dev/null
+read -r ostree_s ostree_kib <"$WORK/ostree.usage"
+
+printf '\n%d files, one run\n' "$OBJECTS"
+printf '  %-16s %8.1f s  %8.1f MiB peak RSS\n' \
+    "depot push" "$push_s" "$(awk -v k="$push_kib" 'BEGIN { print k / 1024 }')" \
+    "depot-receive" "$receive_s" "$(awk -v k="$receive_kib" 'BEGIN { print k / 1024 }')" \
+    "ostree commit" "$ostree_s" "$(awk -v k="$ostree_kib" 'BEGIN { print k / 1024 }')"
+awk -v r="$receive_kib" -v b="$base_kib" -v n="$OBJECTS" 'BEGIN {
+    printf "depot-receive: %.1f MiB for a one-file push; %.1f bytes per object above that\n", b / 1024, (r - b) * 1024 / n
+    printf "goal: depot-receive < 64 MiB: %s\n", (r < 64 * 1024 ? "met" : "NOT met")
+}'
+
+files=$(ostree --repo="$WORK/repo" ls -R many | grep -c '^-' || true)
+echo "files in the pushed commit (ostree ls -R): $files (expected $OBJECTS)"
+[ "$files" -eq "$OBJECTS" ] || die "the pushed commit does not hold the tree's files"
+if [ "${BENCH_FSCK:-1}" != 0 ]; then
+    ostree --repo="$WORK/repo" fsck >/dev/null || die "ostree fsck failed on depot's repository"
+    echo "ostree fsck: ok"
+fi

@@ -12,9 +12,9 @@
 #   depot-receive under 64 MiB whatever the push. Memory is not noisy, so one
 #   run; the times are one run's and only a guide.
 #
-#   It checks that the pushed commit checks out to the tree's files with
-#   `ostree checkout` (file count) and that `ostree fsck` passes, unless
-#   BENCH_FSCK=0 (fsck reads every object: minutes for a million).
+#   It checks that the pushed commit holds the tree's files (counted with
+#   `ostree ls -R`) and that `ostree fsck` passes, unless BENCH_FSCK=0 (fsck
+#   reads every object: minutes for a million).
 #
 # How to run
 #   scripts/bench-objects.sh                      # about 20 minutes at 1,000,000

@@ -586,6 +586,10 @@ pub struct ReceiveCli {
     /// Most bytes of objects accepted in one push.
     #[arg(long, default_value = "64G", value_parser = parse_size)]
     pub max_push_size: u64,
+    /// Most new objects accepted in one push. depot-receive keeps about 45
+    /// bytes for each: the default keeps it under 64 MiB.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_objects: u64,
     /// Refuse pushes when less than this is free on the repository's disk.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub min_free_space: u64,
@@ -667,6 +671,7 @@ impl ReceiveCli {
             key_id: self.key_id,
             max_object_size: self.max_object_size,
             max_push_size: self.max_push_size,
+            max_objects: self.max_objects,
             min_free_space: self.min_free_space,
             allow_non_fast_forward: self.allow_non_fast_forward,
             state_dir,

@@ -98,6 +98,9 @@ pub struct Policy {
     pub max_object_size: u64,
     /// Most bytes of objects accepted in one push.
     pub max_push_size: u64,
+    /// Most objects one push may ask to send: the receiver keeps about 45
+    /// bytes for each.
+    pub max_objects: u64,
     /// Refuse to go on when less than this is free on the repository's disk.
     pub min_free_space: u64,
     /// Let a ref move to a commit that does not descend from its current one.
@@ -128,6 +131,7 @@ impl Policy {
         Limits {
             max_object_size: self.max_object_size,
             max_push_size: self.max_push_size,
+            max_objects: Some(self.max_objects),
             max_frame: crate::protocol::frame::MAX_PAYLOAD as u64,
             max_batch: MAX_BATCH as u64,
         }
@@ -450,9 +454,20 @@ where
                         "at most {MAX_BATCH} names per want"
                     )));
                 }
-                let missing: Vec<ObjectName> =
+                let mut missing: Vec<ObjectName> =
                     objects.into_iter().filter(|n| !tx.has_object(n)).collect();
-                tx.request_objects(&missing);
+                // A name already asked for in this push is not missing again.
+                let recorded = tx.request_objects(&mut missing);
+                if recorded as u64 > policy.max_objects {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the push needs more than {} new objects, this server's limit \
+                             (depot-receive --max-objects); push a smaller tree or ask the admin to raise it",
+                            policy.max_objects
+                        ),
+                    ));
+                }
                 writer.send(&Message::Missing { objects: missing }).await?;
                 writer.flush().await?;
                 true

@@ -1,13 +1,14 @@
-//! A map from object names to a small value, at about 40 bytes a name.
+//! A map from object names to a small value: 40 to 46 bytes a name when the
+//! value is one byte.
 //!
 //! A receiver keeps a record of every object of a push: asked for,
-//! arriving, staged. With a million objects, a `HashSet<ObjectName>` for
-//! each state (33-byte buckets at a load between 7/16 and 7/8) and the
-//! copies made to publish them took depot-receive to 188 MiB. Here each
-//! name sits once, in a `Vec`, beside its value; the hash table holds only
-//! 4-byte positions; and publishing takes the `Vec` as it is. The table is
-//! keyed with a random SipHash key, as `std`'s is: the names a pusher asks
-//! about are its own choice.
+//! arriving, staged. With a million objects, a `HashSet<ObjectName>` each
+//! for "asked for" and "staged" (33-byte buckets at a load between 7/16 and
+//! 7/8) and the copies made to publish them took depot-receive to 188 MiB.
+//! Here each name sits once, in a `Vec`, beside its value; the hash table
+//! holds only 4-byte positions; and publishing takes the `Vec` as it is. The
+//! table is keyed with a random SipHash key, as `std`'s is: the names a
+//! pusher asks about are its own choice.
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -78,7 +79,7 @@ impl<V: Copy> ObjectMap<V> {
     /// it had.
     ///
     /// # Panics
-    /// When the map already holds `u32::MAX` names (140 GiB of them).
+    /// When the map already holds 2^32 names (140 GiB of them).
     pub fn insert(&mut self, name: ObjectName, value: V) -> Option<V> {
         let Self {
             names,
@@ -115,8 +116,12 @@ impl<V: Copy> ObjectMap<V> {
     #[must_use]
     pub fn into_names_where(self, keep: impl Fn(V) -> bool) -> Vec<ObjectName> {
         let Self {
-            mut names, values, ..
+            mut names,
+            values,
+            positions,
+            ..
         } = self;
+        drop(positions);
         let mut kept = 0;
         for (at, value) in values.into_iter().enumerate() {
             if keep(value) {

@@ -27,6 +27,10 @@ pub struct Limits {
     pub max_object_size: u64,
     /// Most bytes of objects accepted in one push.
     pub max_push_size: u64,
+    /// Most objects one push may send (absent from servers before it was
+    /// announced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_objects: Option<u64>,
     /// Largest frame payload, in bytes.
     pub max_frame: u64,
     /// Most names in one `want`.

@@ -306,15 +306,20 @@ impl Transaction {
         lock_objects(&self.objects).get(name) == Some(Standing::Staged)
     }
 
-    /// Records that a pusher was asked for these objects. Each may then
-    /// arrive once ([`take_requested`](Transaction::take_requested)).
-    pub fn request_objects(&self, names: &[ObjectName]) {
+    /// Records that a pusher is asked for these objects, keeping in `names`
+    /// only those not asked for before (or staged) in this transaction. Each
+    /// may then arrive once ([`take_requested`](Transaction::take_requested)).
+    /// Returns how many objects the transaction now records.
+    pub fn request_objects(&self, names: &mut Vec<ObjectName>) -> usize {
         let mut objects = lock_objects(&self.objects);
-        for name in names {
-            if objects.get(name).is_none() {
+        names.retain(|name| {
+            let new = objects.get(name).is_none();
+            if new {
                 objects.insert(*name, Standing::Requested);
             }
-        }
+            new
+        });
+        objects.len()
     }
 
     /// Whether an arriving object was asked for and has not arrived before;

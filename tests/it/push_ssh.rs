@@ -1495,6 +1495,30 @@ fn assert_nothing_published_then_small_push_works(w: &World, repo: &Path, key: &
 }
 
 #[test]
+fn a_push_of_more_objects_than_the_server_allows_is_refused_and_nothing_is_published() {
+    // The small tree of the check below is 6 objects; this one is 24.
+    let w = world();
+    let repo = w.repo("server");
+    let key = w.sshd.account(
+        "few",
+        &repo,
+        &w.path("state"),
+        &["--allow-ref", "proj/*", "--max-objects", "8"],
+    );
+    let names: Vec<String> = (0..20).map(|i| format!("d{}/f{i}", i % 2)).collect();
+    let files: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 100)).collect();
+    let many = noise_tree(&w.path("many"), 8, &files);
+    let pushed = w.push(&key, &w.sshd.url(""), &[], &[&"--ref", &"proj/many", &many]);
+    assert_nothing_published_then_small_push_works(&w, &repo, &key);
+    let msg = pushed.failed(&[3]);
+    assert!(
+        msg.contains("--max-objects") && msg.contains("more than 8"),
+        "{msg}"
+    );
+    assert_eq!(pushed.json["code"], "too_large", "{:#}", pushed.json);
+}
+
+#[test]
 fn an_incompressible_file_over_the_size_limit_is_refused_and_nothing_is_published() {
     let (w, repo, key) = small_objects_server();
     let noisy = noise_tree(&w.path("noisy"), 6, &[("ok", 1000), ("big", 200_000)]);

@@ -29,6 +29,7 @@ fn policy(repo: &Path, state: &Path, allow: &[&str]) -> Policy {
         key_id: "test".into(),
         max_object_size: 1 << 30,
         max_push_size: 1 << 32,
+        max_objects: 1 << 20,
         min_free_space: 0,
         allow_non_fast_forward: false,
         state_dir: state.to_path_buf(),
@@ -443,6 +444,29 @@ async fn bad_objects_and_protocol_errors_publish_nothing() {
     }
     c.send(Message::Done {}).await;
     assert!(matches!(c.recv().await, Message::Result { .. }));
+    assert_eq!(read_ref(&s.server, "main"), commit.to_string());
+    ok(ostree_in(&s.server).arg("fsck"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_asked_about_again_is_not_missing_again_and_arrives_once() {
+    let s = setup();
+    let commit = s.commit(&[("a", "1"), ("b", "2")], None);
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    assert!(missing.len() > 2, "{missing:?}");
+    // One object arrives; then every name is asked about again, one twice.
+    c.send_object(&missing[0].0, &missing[0].1).await;
+    let mut again: Vec<ObjectName> = missing.iter().map(|(n, _)| *n).collect();
+    again.push(again[1]);
+    c.send(Message::Want { objects: again }).await;
+    assert_eq!(c.recv().await, Message::Missing { objects: vec![] });
+    for (n, d) in &missing[1..] {
+        c.send_object(n, d).await;
+    }
+    c.send(Message::Done {}).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
+    assert!(c.server.await.expect("join").is_ok());
     assert_eq!(read_ref(&s.server, "main"), commit.to_string());
     ok(ostree_in(&s.server).arg("fsck"));
 }

@@ -9,7 +9,6 @@
 //! commits. A staging directory whose owner died is removed by the next
 //! transaction: each holds a lock on its own `.lock` for its lifetime.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -428,36 +427,49 @@ impl Transaction {
 
     /// Orders staged dirtrees so that each comes after its staged subtrees:
     /// first those with none, then those whose subtrees are all placed.
+    /// `trees` arrives in name order, so a subtree is found by binary search;
+    /// the graph is an edge list of 4-byte indices: a push may stage
+    /// hundreds of thousands of dirtrees, and this runs at its peak memory.
     fn dirtrees_leaves_first(&self, trees: &mut [ObjectName]) -> Result<(), Error> {
-        let index: HashMap<Checksum, usize> = trees
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.checksum, i))
-            .collect();
-        let mut parents: Vec<Vec<usize>> = vec![Vec::new(); trees.len()];
-        let mut waiting_on: Vec<usize> = vec![0; trees.len()];
+        debug_assert!(trees.is_sorted(), "dirtrees come in name order");
+        let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 staged objects");
+        let position = |sum: &Checksum| trees.binary_search_by(|t| t.checksum.cmp(sum)).ok();
+        // (subtree, parent), and how many staged subtrees each tree waits on.
+        let mut edges: Vec<(u32, u32)> = Vec::new();
+        let mut waiting_on: Vec<u32> = vec![0; trees.len()];
+        let mut children: Vec<usize> = Vec::new();
         for (i, name) in trees.iter().enumerate() {
             let data = self.read_staged_metadata(name)?;
             let tree = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
                 name: *name,
                 reason: crate::error_chain(&e),
             })?;
-            let children: HashSet<usize> = tree
-                .dirs()
-                .iter()
-                .filter_map(|d| index.get(&d.tree).copied())
-                .collect();
-            waiting_on[i] = children.len();
-            for c in children {
-                parents[c].push(i);
-            }
+            children.clear();
+            children.extend(tree.dirs().iter().filter_map(|d| position(&d.tree)));
+            children.sort_unstable();
+            children.dedup();
+            waiting_on[i] = index(children.len());
+            edges.extend(children.iter().map(|&c| (index(c), index(i))));
         }
-        let mut order: Vec<usize> = (0..trees.len()).filter(|&i| waiting_on[i] == 0).collect();
+        // The parents of tree c are edges[first[c]..first[c + 1]].
+        edges.sort_unstable();
+        let mut first: Vec<u32> = vec![0; trees.len() + 1];
+        for &(c, _) in &edges {
+            first[c as usize + 1] += 1;
+        }
+        for c in 0..trees.len() {
+            first[c + 1] += first[c];
+        }
+        let mut order: Vec<u32> = (0..trees.len())
+            .filter(|&i| waiting_on[i] == 0)
+            .map(index)
+            .collect();
         let mut next = 0;
         while next < order.len() {
-            for &p in &parents[order[next]] {
-                waiting_on[p] -= 1;
-                if waiting_on[p] == 0 {
+            let c = order[next] as usize;
+            for &(_, p) in &edges[first[c] as usize..first[c + 1] as usize] {
+                waiting_on[p as usize] -= 1;
+                if waiting_on[p as usize] == 0 {
                     order.push(p);
                 }
             }
@@ -466,9 +478,10 @@ impl Transaction {
         // Checksums make a cycle impossible; had one slipped in, its trees
         // still go out, last.
         if order.len() < trees.len() {
-            order.extend((0..trees.len()).filter(|&i| waiting_on[i] > 0));
+            order.extend((0..trees.len()).filter(|&i| waiting_on[i] > 0).map(index));
         }
-        let ordered: Vec<ObjectName> = order.iter().map(|&i| trees[i]).collect();
+        drop((edges, first, waiting_on));
+        let ordered: Vec<ObjectName> = order.iter().map(|&i| trees[i as usize]).collect();
         trees.copy_from_slice(&ordered);
         Ok(())
     }

@@ -1496,7 +1496,8 @@ fn assert_nothing_published_then_small_push_works(w: &World, repo: &Path, key: &
 
 #[test]
 fn a_push_of_more_objects_than_the_server_allows_is_refused_and_nothing_is_published() {
-    // The small tree of the check below is 6 objects; this one is 24.
+    // The small tree of the check below is 6 objects; this one is 25 (20
+    // files, 3 dirtrees, a dirmeta and a commit).
     let w = world();
     let repo = w.repo("server");
     let key = w.sshd.account(

@@ -86,6 +86,31 @@ impl Drop for StagingFile {
     }
 }
 
+/// The staged dirtrees a closure check has queued, and those left to read.
+#[derive(Default)]
+struct Walk {
+    queued: std::collections::HashSet<Checksum>,
+    to_read: Vec<(String, Checksum)>,
+}
+
+/// The first missing object a closure check found, described, and how many
+/// more it found.
+#[derive(Default)]
+struct Missing {
+    first: Option<String>,
+    more: usize,
+}
+
+impl Missing {
+    fn note(&mut self, describe: impl FnOnce() -> String) {
+        if self.first.is_none() {
+            self.first = Some(describe());
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
 /// What a ref must hold for an update to apply (compare-and-swap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expected {
@@ -342,27 +367,22 @@ impl Transaction {
     /// Checks that everything `commit` references is in the repository or
     /// staged here. A dirtree already published in the repository vouches
     /// for its whole subtree: depot and ostree publish children before
-    /// parents, and `fsck` checks that this holds.
+    /// parents, and `fsck` checks that this holds. What it keeps grows with
+    /// the staged dirtrees only, whatever the pushed dirtrees name: only the
+    /// first missing object is described, the rest counted.
     pub fn check_closure(&self, commit: &Checksum) -> Result<(), Error> {
         let c = self.load_commit(commit)?;
-        let mut missing: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![("/".to_string(), c.root_tree, c.root_meta)];
-        while let Some((path, tree, meta)) = stack.pop() {
-            let meta_name = ObjectName::new(meta, ObjectType::DirMeta);
-            if !self.has_object(&meta_name) {
-                missing.push(format!("{meta_name} ({path})"));
-            }
-            if !seen.insert(tree) {
-                continue;
-            }
+        let mut missing = Missing::default();
+        let mut walk = Walk::default();
+        self.check_dir(
+            &mut walk,
+            &mut missing,
+            "/".into(),
+            c.root_tree,
+            c.root_meta,
+        );
+        while let Some((path, tree)) = walk.to_read.pop() {
             let tree_name = ObjectName::new(tree, ObjectType::DirTree);
-            if !self.staged(&tree_name) {
-                if !self.repo.has_object(&tree_name) {
-                    missing.push(format!("{tree_name} ({path})"));
-                }
-                continue;
-            }
             let data = self.read_metadata(&tree_name)?;
             let t = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
                 name: tree_name,
@@ -371,20 +391,45 @@ impl Transaction {
             for (file, sum) in t.files() {
                 let obj = ObjectName::new(*sum, ObjectType::File);
                 if !self.has_object(&obj) {
-                    missing.push(format!("{obj} ({path}{file})"));
+                    missing.note(|| format!("{obj} ({path}{file})"));
                 }
             }
             for d in t.dirs() {
-                stack.push((format!("{path}{}/", d.name), d.tree, d.meta));
+                let sub = format!("{path}{}/", d.name);
+                self.check_dir(&mut walk, &mut missing, sub, d.tree, d.meta);
             }
         }
-        match missing.split_first() {
+        match missing.first {
             None => Ok(()),
-            Some((first, rest)) => Err(Error::Incomplete {
+            Some(first) => Err(Error::Incomplete {
                 commit: *commit,
-                missing: first.clone(),
-                more: rest.len(),
+                missing: first,
+                more: missing.more,
             }),
+        }
+    }
+
+    /// Checks one directory of a closure: its dirmeta, and its dirtree,
+    /// queued to be read if it is staged here (once).
+    fn check_dir(
+        &self,
+        walk: &mut Walk,
+        missing: &mut Missing,
+        path: String,
+        tree: Checksum,
+        meta: Checksum,
+    ) {
+        let meta_name = ObjectName::new(meta, ObjectType::DirMeta);
+        if !self.has_object(&meta_name) {
+            missing.note(|| format!("{meta_name} ({path})"));
+        }
+        let tree_name = ObjectName::new(tree, ObjectType::DirTree);
+        if self.staged(&tree_name) {
+            if walk.queued.insert(tree) {
+                walk.to_read.push((path, tree));
+            }
+        } else if !self.repo.has_object(&tree_name) {
+            missing.note(|| format!("{tree_name} ({path})"));
         }
     }
 
@@ -654,6 +699,52 @@ mod tests {
             DirTree::new(vec![(FileName::new(label).expect("name"), file)], dirs).expect("tree");
         tx.write_metadata(ObjectType::DirTree, &tree.to_bytes())
             .expect("stage")
+    }
+
+    #[test]
+    fn a_closure_check_names_the_first_missing_object_and_counts_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        let files = (0..1000)
+            .map(|i| {
+                let name = FileName::new(&format!("f{i:04}")).expect("name");
+                (name, Checksum::of(format!("absent {i}").as_bytes()))
+            })
+            .collect();
+        let tree = DirTree::new(files, vec![]).expect("tree");
+        let root_tree = tx
+            .write_metadata(ObjectType::DirTree, &tree.to_bytes())
+            .expect("stage");
+        let meta = crate::object::DirMeta {
+            uid: 0,
+            gid: 0,
+            mode: 0o40755,
+            xattrs: crate::object::Xattrs::default(),
+        };
+        let root_meta = tx
+            .write_metadata(ObjectType::DirMeta, &meta.to_bytes())
+            .expect("stage");
+        let commit = Commit {
+            metadata: Vec::new(),
+            parent: None,
+            related: Vec::new(),
+            subject: "s".into(),
+            body: String::new(),
+            timestamp: 1,
+            root_tree,
+            root_meta,
+        };
+        let c = tx
+            .write_metadata(ObjectType::Commit, &commit.to_bytes())
+            .expect("stage");
+        match tx.check_closure(&c) {
+            Err(Error::Incomplete { missing, more, .. }) => {
+                assert!(missing.ends_with("(/f0000)"), "{missing}");
+                assert_eq!(more, 999);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -412,10 +412,7 @@ fn hash_tree(
     })?;
     let mut content = ObjectMap::new();
     for (i, c) in sums.iter().enumerate() {
-        let name = ObjectName::new(*c, ObjectType::File);
-        if content.get(&name).is_none() {
-            content.insert(name, i);
-        }
+        content.insert_if_absent(ObjectName::new(*c, ObjectType::File), i);
     }
     Ok((
         TreeObjects {
@@ -770,7 +767,7 @@ async fn negotiate(
         }
     }
     while !level.is_empty() {
-        level.retain(|n| asked.insert(*n, ()).is_none());
+        level.retain(|n| asked.insert_if_absent(*n, ()));
         let mut next = Vec::new();
         // One batch in flight: the reply to a big batch can fill the pipe,
         // and a client still writing its next batch would never read it.

@@ -75,12 +75,36 @@ impl<V: Copy> ObjectMap<V> {
         self.position(name).map(|at| self.values[at])
     }
 
+    /// The value of `name`, to change in place.
+    pub fn get_mut(&mut self, name: &ObjectName) -> Option<&mut V> {
+        let at = self.position(name)?;
+        Some(&mut self.values[at])
+    }
+
     /// Sets the value of `name`, adding it if it is new; returns the value
     /// it had.
     ///
     /// # Panics
     /// When the map already holds 2^32 names (140 GiB of them).
     pub fn insert(&mut self, name: ObjectName, value: V) -> Option<V> {
+        match self.find_or_add(name, value) {
+            (_, true) => None,
+            (at, false) => Some(std::mem::replace(&mut self.values[at], value)),
+        }
+    }
+
+    /// Adds `name` with `value` if it is not in the map; false (and the
+    /// value it has is kept) if it is.
+    ///
+    /// # Panics
+    /// When the map already holds 2^32 names (140 GiB of them).
+    pub fn insert_if_absent(&mut self, name: ObjectName, value: V) -> bool {
+        self.find_or_add(name, value).1
+    }
+
+    /// The position of `name`, added with `value` if it was absent, and
+    /// whether it was: one hash and one probe either way.
+    fn find_or_add(&mut self, name: ObjectName, value: V) -> (usize, bool) {
         let Self {
             names,
             values,
@@ -93,15 +117,13 @@ impl<V: Copy> ObjectMap<V> {
             |&at| names[at as usize] == name,
             |&at| hasher.hash_one(names[at as usize]),
         ) {
-            hashbrown::hash_table::Entry::Occupied(entry) => {
-                Some(std::mem::replace(&mut values[*entry.get() as usize], value))
-            }
+            hashbrown::hash_table::Entry::Occupied(entry) => (*entry.get() as usize, false),
             hashbrown::hash_table::Entry::Vacant(slot) => {
                 let at = u32::try_from(names.len()).expect("fewer than 2^32 objects in a map");
                 slot.insert(at);
                 names.push(name);
                 values.push(value);
-                None
+                (at as usize, true)
             }
         }
     }
@@ -155,17 +177,32 @@ mod tests {
     }
 
     proptest! {
-        /// Any sequence of inserts leaves the map agreeing with std's
+        /// Any sequence of inserts and changes leaves the map agreeing with std's
         /// `HashMap` on every answer, on its members, and on what
         /// `into_names_where` keeps, across the table's growth.
         #[test]
-        fn agrees_with_a_hash_map(ops in prop::collection::vec((0u16..3000, any::<u8>(), 0u8..4), 0..6000)) {
+        fn agrees_with_a_hash_map(ops in prop::collection::vec((0u16..3000, any::<u8>(), 0u8..4, 0u8..3), 0..6000)) {
             let mut map = ObjectMap::new();
             let mut model = HashMap::new();
-            for (n, k, value) in ops {
+            for (n, k, value, op) in ops {
                 let name = name(n, kind(k));
                 prop_assert_eq!(map.get(&name), model.get(&name).copied());
-                prop_assert_eq!(map.insert(name, value), model.insert(name, value));
+                match op {
+                    0 => prop_assert_eq!(map.insert(name, value), model.insert(name, value)),
+                    1 => {
+                        let absent = !model.contains_key(&name);
+                        model.entry(name).or_insert(value);
+                        prop_assert_eq!(map.insert_if_absent(name, value), absent);
+                    }
+                    _ => {
+                        if let Some(v) = model.get_mut(&name) {
+                            *v = value;
+                        }
+                        if let Some(v) = map.get_mut(&name) {
+                            *v = value;
+                        }
+                    }
+                }
                 prop_assert_eq!(map.len(), model.len());
             }
             let members: HashMap<ObjectName, u8> = map.iter().map(|(n, v)| (*n, *v)).collect();

@@ -336,13 +336,7 @@ impl Transaction {
     /// Returns how many objects the transaction now records.
     pub fn request_objects(&self, names: &mut Vec<ObjectName>) -> usize {
         let mut objects = lock_objects(&self.objects);
-        names.retain(|name| {
-            let new = objects.get(name).is_none();
-            if new {
-                objects.insert(*name, Standing::Requested);
-            }
-            new
-        });
+        names.retain(|name| objects.insert_if_absent(*name, Standing::Requested));
         objects.len()
     }
 
@@ -350,8 +344,13 @@ impl Transaction {
     /// true only once per object.
     pub fn take_requested(&self, name: &ObjectName) -> bool {
         let mut objects = lock_objects(&self.objects);
-        objects.get(name) == Some(Standing::Requested)
-            && objects.insert(*name, Standing::Arriving).is_some()
+        match objects.get_mut(name) {
+            Some(standing @ Standing::Requested) => {
+                *standing = Standing::Arriving;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Loads a commit from staging or the repository.

@@ -1465,14 +1465,19 @@ fn an_unknown_protocol_version_is_refused_naming_the_supported_ones() {
 
 /// An account allowed `proj/*` with `--max-object-size 64K`.
 fn small_objects_server() -> (World, PathBuf, Account) {
+    limited_server(&["--max-object-size", "64K"])
+}
+
+/// A server whose one key may write `proj/*` under the given limits.
+fn limited_server(limits: &[&str]) -> (World, PathBuf, Account) {
     let w = world();
     let repo = w.repo("server");
-    let key = w.sshd.account(
-        "small",
-        &repo,
-        &w.path("state"),
-        &["--allow-ref", "proj/*", "--max-object-size", "64K"],
-    );
+    let args: Vec<&str> = ["--allow-ref", "proj/*"]
+        .iter()
+        .chain(limits)
+        .copied()
+        .collect();
+    let key = w.sshd.account("limited", &repo, &w.path("state"), &args);
     (w, repo, key)
 }
 
@@ -1498,14 +1503,7 @@ fn assert_nothing_published_then_small_push_works(w: &World, repo: &Path, key: &
 fn a_push_of_more_objects_than_the_server_allows_is_refused_and_nothing_is_published() {
     // The small tree of the check below is 6 objects; this one is 25 (20
     // files, 3 dirtrees, a dirmeta and a commit).
-    let w = world();
-    let repo = w.repo("server");
-    let key = w.sshd.account(
-        "few",
-        &repo,
-        &w.path("state"),
-        &["--allow-ref", "proj/*", "--max-objects", "8"],
-    );
+    let (w, repo, key) = limited_server(&["--max-objects", "8"]);
     let names: Vec<String> = (0..20).map(|i| format!("d{}/f{i}", i % 2)).collect();
     let files: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 100)).collect();
     let many = noise_tree(&w.path("many"), 8, &files);

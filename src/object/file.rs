@@ -249,22 +249,16 @@ fn read_some(payload: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Resul
     }
 }
 
-/// Deflates `data` as one stream through zlib.
-fn deflate_stream(data: &[u8], level: u32, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    let mut encoder = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level));
-    std::io::Write::write_all(&mut encoder, data)?;
-    encoder.finish()?;
-    Ok(())
-}
-
-/// A thread's buffers and compressor for whole-payload deflate, kept
-/// between files: a compressor's tables cost more to set up than a small
-/// file costs to deflate.
+/// A thread's buffers and compressors for whole-payload deflate, kept
+/// between files: a compressor's tables cost more to set up (and zero) than
+/// a small file costs to deflate, even one that is only stored.
 #[derive(Default)]
 struct WholeDeflate {
     input: Vec<u8>,
     output: Vec<u8>,
     compressor: Option<(u32, libdeflater::Compressor)>,
+    /// Level 0, for what [`looks_incompressible`].
+    storer: Option<libdeflater::Compressor>,
 }
 
 impl WholeDeflate {
@@ -296,12 +290,13 @@ impl WholeDeflate {
         payload.read_to_end(&mut self.input)?;
         hasher.update(&self.input);
         let sample = &self.input[..self.input.len().min(SAMPLE_LEN)];
-        if looks_incompressible(sample) {
-            deflate_stream(&self.input, 0, out)?;
+        let level = if looks_incompressible(sample) {
+            0
         } else {
-            let deflated = self.deflate(level)?;
-            out.write_all(deflated)?;
-        }
+            level
+        };
+        let deflated = self.deflate(level)?;
+        out.write_all(deflated)?;
         out.flush()?;
         Ok((
             crate::checksum::Checksum::from_hasher(hasher),
@@ -309,15 +304,23 @@ impl WholeDeflate {
         ))
     }
 
-    /// Deflates `self.input` at `level` (1 to 12; above 12 is 12).
+    /// Deflates `self.input` at `level` (0, stored, to 12; above 12 is 12).
     fn deflate(&mut self, level: u32) -> std::io::Result<&[u8]> {
         let level = level.min(12);
-        let compressor = match &mut self.compressor {
-            Some((l, c)) if *l == level => c,
-            slot => {
-                let lvl = libdeflater::CompressionLvl::new(level as i32)
-                    .map_err(|e| std::io::Error::other(format!("deflate level {level}: {e:?}")))?;
-                &mut slot.insert((level, libdeflater::Compressor::new(lvl))).1
+        let new_compressor = || {
+            libdeflater::CompressionLvl::new(level as i32)
+                .map(libdeflater::Compressor::new)
+                .map_err(|e| std::io::Error::other(format!("deflate level {level}: {e:?}")))
+        };
+        let compressor = if level == 0 {
+            match &mut self.storer {
+                Some(c) => c,
+                slot => slot.insert(new_compressor()?),
+            }
+        } else {
+            match &mut self.compressor {
+                Some((l, c)) if *l == level => c,
+                slot => &mut slot.insert((level, new_compressor()?)).1,
             }
         };
         self.output

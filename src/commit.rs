@@ -196,15 +196,30 @@ fn kind_name(ft: fs::FileType) -> &'static str {
     }
 }
 
+/// The extended attributes at `path` (a symlink's own).
 fn read_xattrs(path: &Path) -> Result<Xattrs, Error> {
-    let names = match xattr::list(path) {
+    collect_xattrs(xattr::list(path), |name| xattr::get(path, name), path)
+}
+
+/// The extended attributes of an open file: no second path lookup.
+fn read_xattrs_of(file: &File, path: &Path) -> Result<Xattrs, Error> {
+    use xattr::FileExt;
+    collect_xattrs(file.list_xattr(), |name| file.get_xattr(name), path)
+}
+
+fn collect_xattrs(
+    names: std::io::Result<xattr::XAttrs>,
+    get: impl Fn(&std::ffi::OsStr) -> std::io::Result<Option<Vec<u8>>>,
+    path: &Path,
+) -> Result<Xattrs, Error> {
+    let names = match names {
         Ok(names) => names,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(Xattrs::default()),
         Err(e) => return Err(io_err("list extended attributes of", path)(e)),
     };
     let mut pairs = Vec::new();
     for name in names {
-        let value = xattr::get(path, &name).map_err(io_err("read extended attributes of", path))?;
+        let value = get(&name).map_err(io_err("read extended attributes of", path))?;
         pairs.push((name.into_encoded_bytes(), value.unwrap_or_default()));
     }
     Ok(Xattrs::from_pairs(pairs))
@@ -324,13 +339,18 @@ impl FileEntry {
         } else {
             read_xattrs(path)?
         };
-        Ok(FileHeader {
+        Ok(self.header_with(xattrs))
+    }
+
+    /// Its content object's header, with these extended attributes.
+    pub(crate) fn header_with(&self, xattrs: Xattrs) -> FileHeader {
+        FileHeader {
             uid: self.uid,
             gid: self.gid,
             mode: self.mode,
             symlink_target: self.symlink_target.clone().unwrap_or_default(),
             xattrs,
-        })
+        }
     }
 }
 
@@ -388,10 +408,10 @@ pub(crate) fn hash_entry(
     no_xattrs: bool,
     buf: &mut Vec<u8>,
 ) -> Result<Hashed, Error> {
-    let header = entry.header(path, no_xattrs)?;
-    let prefix = content_checksum_prefix(&header);
     if entry.symlink_target.is_some() {
-        let checksum = Checksum::from_hasher(Sha256::new_with_prefix(&prefix));
+        let header = entry.header(path, no_xattrs)?;
+        let checksum =
+            Checksum::from_hasher(Sha256::new_with_prefix(content_checksum_prefix(&header)));
         buf.clear();
         return Ok(Hashed {
             checksum,
@@ -400,6 +420,12 @@ pub(crate) fn hash_entry(
         });
     }
     let mut file = File::open(path).map_err(io_err("open", path))?;
+    let header = entry.header_with(if no_xattrs {
+        Xattrs::default()
+    } else {
+        read_xattrs_of(&file, path)?
+    });
+    let prefix = content_checksum_prefix(&header);
     if entry.size <= WHOLE_FILE_LIMIT {
         buf.clear();
         (&mut file)

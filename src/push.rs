@@ -329,6 +329,9 @@ struct TreeObjects {
     metadata: HashMap<ObjectName, Vec<u8>>,
     /// Content object → index of a file with that content.
     content: ObjectMap<usize>,
+    /// Per file: whether hashing found extended attributes. Those without
+    /// are not asked again when their content is sent.
+    has_xattrs: Vec<bool>,
     no_xattrs: bool,
 }
 
@@ -397,11 +400,12 @@ fn hash_tree(
     options: &commit::Options,
 ) -> Result<(TreeObjects, Checksum, Checksum), Error> {
     let scan = commit::scan(dir, options)?;
-    let sums: Vec<Checksum> = scan
+    let (sums, has_xattrs): (Vec<Checksum>, Vec<bool>) = scan
         .files
         .par_iter()
         .map_init(Vec::new, |buf, entry| {
-            commit::hash_entry(entry, &scan.path(entry), options.no_xattrs, buf).map(|h| h.checksum)
+            commit::hash_entry(entry, &scan.path(entry), options.no_xattrs, buf)
+                .map(|h| (h.checksum, !h.header.xattrs.is_empty()))
         })
         .collect::<Result<_, _>>()?;
     let mut metadata = HashMap::new();
@@ -419,6 +423,7 @@ fn hash_tree(
             scan,
             metadata,
             content,
+            has_xattrs,
             no_xattrs: options.no_xattrs,
         },
         root_tree,
@@ -846,7 +851,11 @@ fn produce(
                 .ok_or_else(|| Error::Local(format!("object {name} is not in the tree")))?;
             let entry: &FileEntry = &t.scan.files[index];
             let path = t.scan.path(entry);
-            let header = entry.header(&path, t.no_xattrs)?;
+            let header = if t.has_xattrs[index] {
+                entry.header(&path, t.no_xattrs)?
+            } else {
+                entry.header_with(crate::object::Xattrs::default())
+            };
             let changed = || Error::from(repo::Error::ChangedWhileReading { path: path.clone() });
             let local_err =
                 |e: std::io::Error| Error::Local(format!("compress {}: {e}", path.display()));

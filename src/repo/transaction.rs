@@ -2,9 +2,10 @@
 //!
 //! Objects are written, unsynced, into a per-transaction staging directory
 //! under `tmp/` (same file system as `objects/`). [`Transaction::commit`]
-//! then makes them durable with one `syncfs`, renames them into `objects/` in
-//! dependency order (content, dirmeta, dirtree, commitmeta, commit), syncs
-//! again, and only then compares-and-swaps the refs. A crash at any point
+//! then makes them durable with one `syncfs`, moves them into `objects/` in
+//! dependency order (content objects first, on every core, then dirmeta,
+//! dirtree, commitmeta, commit), syncs again, and only then
+//! compares-and-swaps the refs. A crash at any point
 //! leaves complete objects or none, and refs that point only at complete
 //! commits. A staging directory whose owner died is removed by the next
 //! transaction: each holds a lock on its own `.lock` for its lifetime.
@@ -14,6 +15,8 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
 
 use crate::checksum::Checksum;
 use crate::object::{Commit, DirTree, FileHeader, ObjectMap, ObjectName, ObjectType, write_filez};
@@ -147,6 +150,9 @@ pub struct Transaction {
     objects: Arc<Objects>,
     /// The staging directory, removed when the transaction ends.
     staging_dir: LockedDir,
+    /// Files created in staging get mode 0644 as asked (no umask or default
+    /// ACL takes bits away), so finishing one needs no `fchmod`.
+    creates_0644: bool,
     _repo_lock: LockGuard,
 }
 
@@ -156,10 +162,12 @@ impl Transaction {
         let tmp = repo.path.join("tmp");
         clean_abandoned(&tmp, STAGING_PREFIX);
         let dir = LockedDir::create(&tmp, STAGING_PREFIX, 0o755)?;
+        let creates_0644 = creates_mode_0644(dir.path())?;
         Ok(Transaction {
             repo: repo.clone(),
             objects: Arc::default(),
             staging_dir: dir,
+            creates_0644,
             _repo_lock: repo_lock,
         })
     }
@@ -289,11 +297,12 @@ impl Transaction {
         mut staging: StagingFile,
         name: &ObjectName,
     ) -> Result<(), Error> {
-        // Always: a umask or a default ACL may have taken bits away.
-        staging
-            .file
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(io_err("chmod", &staging.path))?;
+        if !self.creates_0644 {
+            staging
+                .file
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(io_err("chmod", &staging.path))?;
+        }
         let mut objects = lock_objects(&self.objects);
         if !staging.named {
             if let Err(e) = fs::rename(&staging.path, self.staged_path(name)) {
@@ -567,10 +576,22 @@ impl Transaction {
         for prefix in prefixes {
             make_served_dir(&objects.join(format!("{prefix:02x}")))?;
         }
-        // One thread: renames from one directory into another serialise on a
-        // file-system-wide lock (s_vfs_rename_mutex), and threads spinning
-        // on it cost more than they save.
-        for name in &staged {
+        // Content objects on every core: as a hard link and an unlink, since
+        // renames from one directory into another serialise on a
+        // file-system-wide lock (s_vfs_rename_mutex). The rest in order.
+        let content = staged.partition_point(|n| n.kind == ObjectType::File);
+        staged[..content].par_iter().try_for_each(|name| {
+            let staged = self.staged_path(name);
+            let target = self.repo.object_path(name);
+            match fs::hard_link(&staged, &target) {
+                // Published meanwhile by another writer: the same bytes.
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("publish object", &target)(e)),
+            }
+            fs::remove_file(&staged).map_err(io_err("remove", &staged))
+        })?;
+        for name in &staged[content..] {
             let target = self.repo.object_path(name);
             fs::rename(self.staged_path(name), &target)
                 .map_err(io_err("publish object", &target))?;
@@ -658,6 +679,17 @@ fn make_served_dir(dir: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err("create directory", dir)(e)),
     }
+}
+
+/// Whether a file created in `dir` with mode 0644 gets exactly that: a
+/// umask or a default ACL may take bits away, and a static server run as
+/// another user must read every object.
+fn creates_mode_0644(dir: &Path) -> Result<bool, Error> {
+    let probe = dir.join(".mode-probe");
+    let file = super::create_new_file(&probe).map_err(io_err("create", &probe))?;
+    let mode = file.metadata().map(|m| m.permissions().mode() & 0o7777);
+    let _ = fs::remove_file(&probe);
+    Ok(mode.map_err(io_err("stat", &probe))? == 0o644)
 }
 
 /// Objects are published so that whatever points at an object lands after it.

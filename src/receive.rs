@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -202,8 +202,20 @@ const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
 /// Threads verifying and staging received objects.
 const VERIFIERS: usize = 2;
 
+/// An object at most this large is gathered whole before it goes to a
+/// verifier, in a batch with others.
+const SMALL_OBJECT: u64 = 64 * 1024;
+/// A batch of small objects goes to a verifier once it holds this many
+/// objects or bytes: one hand-off (and one wake-up) per batch, not per
+/// object, where a push of small files spends as much on hand-offs as on
+/// hashing.
+const BATCH_OBJECTS: usize = 32;
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// Messages to a blocking verifier.
 enum SinkMsg {
+    /// Complete small objects, each whole.
+    Batch(Vec<(ObjectName, Bytes)>),
     Start {
         name: ObjectName,
         size: u64,
@@ -213,6 +225,44 @@ enum SinkMsg {
     /// closes without this drops its unfinished object (the session failed
     /// elsewhere and reports why).
     End,
+}
+
+/// Small objects gathered for one verifier.
+#[derive(Default)]
+struct Batch {
+    objects: Vec<(ObjectName, Bytes)>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds a complete object; sends the batch on once it is full. False if
+    /// the verifier it went to has stopped.
+    async fn add(
+        &mut self,
+        name: ObjectName,
+        data: Bytes,
+        sinks: &[mpsc::Sender<SinkMsg>],
+        next_sink: &mut usize,
+    ) -> bool {
+        self.bytes += data.len();
+        self.objects.push((name, data));
+        if self.objects.len() < BATCH_OBJECTS && self.bytes < BATCH_BYTES {
+            return true;
+        }
+        self.flush(sinks, next_sink).await
+    }
+
+    /// Sends what is gathered to the next verifier in turn.
+    async fn flush(&mut self, sinks: &[mpsc::Sender<SinkMsg>], next_sink: &mut usize) -> bool {
+        if self.objects.is_empty() {
+            return true;
+        }
+        self.bytes = 0;
+        let objects = std::mem::take(&mut self.objects);
+        let sink = &sinks[*next_sink % sinks.len()];
+        *next_sink += 1;
+        sink.send(SinkMsg::Batch(objects)).await.is_ok()
+    }
 }
 
 /// Verifies and stages the objects it is given on a blocking thread, one
@@ -225,6 +275,16 @@ fn run_sink(
     let mut current = None;
     while let Some(msg) = rx.blocking_recv() {
         match msg {
+            SinkMsg::Batch(objects) => {
+                if let Some(obj) = current.take() {
+                    repo::IncomingObject::finish(obj)?;
+                }
+                for (name, bytes) in objects {
+                    let mut obj = tx.begin_object(name, bytes.len() as u64, max_object_size)?;
+                    obj.feed(&bytes)?;
+                    obj.finish()?;
+                }
+            }
             SinkMsg::Start { name, size } => {
                 if let Some(obj) = current.take() {
                     repo::IncomingObject::finish(obj)?;
@@ -424,8 +484,8 @@ where
     writer.flush().await?;
 
     // 4-5. Negotiation and objects, verified on blocking threads: whole
-    // objects go to the verifiers in turn, so that small objects (each a
-    // file to create) are staged in parallel.
+    // objects (small ones gathered in batches) go to the verifiers in turn,
+    // so that small objects (each a file to create) are staged in parallel.
     let mut verifiers = Vec::with_capacity(VERIFIERS);
     let mut sinks = Vec::with_capacity(VERIFIERS);
     for _ in 0..VERIFIERS {
@@ -438,6 +498,10 @@ where
         sinks.push(sink_tx);
     }
     let mut sink_tx = sinks[0].clone();
+    let mut next_sink = 0usize;
+    // The small object being gathered, and the batch it will join.
+    let mut gathering: Option<(ObjectName, BytesMut)> = None;
+    let mut batch = Batch::default();
     let mut remaining: u64 = 0;
     let mut next_space_check = 64 * 1024 * 1024u64;
     // Writing back while objects still arrive leaves the final sync, with
@@ -529,8 +593,19 @@ where
                     next_writeback = report.bytes + WRITEBACK_EVERY;
                 }
                 remaining = size;
-                sink_tx = sinks[report.objects as usize % VERIFIERS].clone();
-                sink_tx.send(SinkMsg::Start { name, size }).await.is_ok()
+                if size <= SMALL_OBJECT {
+                    if size == 0 {
+                        batch.add(name, Bytes::new(), &sinks, &mut next_sink).await
+                    } else {
+                        gathering = Some((name, BytesMut::new()));
+                        true
+                    }
+                } else {
+                    sink_tx = sinks[next_sink % VERIFIERS].clone();
+                    next_sink += 1;
+                    batch.flush(&sinks, &mut next_sink).await
+                        && sink_tx.send(SinkMsg::Start { name, size }).await.is_ok()
+                }
             }
             Some(Incoming::ObjectData(data)) => {
                 let n = data.len() as u64;
@@ -540,7 +615,25 @@ where
                     ));
                 }
                 remaining -= n;
-                sink_tx.send(SinkMsg::Data(data)).await.is_ok()
+                match gathering.take() {
+                    Some((name, mut gathered)) => {
+                        if remaining > 0 {
+                            gathered.extend_from_slice(&data);
+                            gathering = Some((name, gathered));
+                            true
+                        } else {
+                            // An object in one frame is passed on as it came.
+                            let whole = if gathered.is_empty() {
+                                data
+                            } else {
+                                gathered.extend_from_slice(&data);
+                                gathered.freeze()
+                            };
+                            batch.add(name, whole, &sinks, &mut next_sink).await
+                        }
+                    }
+                    None => sink_tx.send(SinkMsg::Data(data)).await.is_ok(),
+                }
             }
             None => return Err(Failure::protocol("the client went away before done")),
         };
@@ -548,7 +641,7 @@ where
             break false;
         }
     };
-    let received = received && {
+    let received = received && batch.flush(&sinks, &mut next_sink).await && {
         let mut sent = true;
         for sink in &sinks {
             sent &= sink.send(SinkMsg::End).await.is_ok();

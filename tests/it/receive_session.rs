@@ -448,6 +448,111 @@ async fn bad_objects_and_protocol_errors_publish_nothing() {
     ok(ostree_in(&s.server).arg("fsck"));
 }
 
+/// The hex of a hash chain: deflate shrinks it only by half, so its object
+/// stays large.
+fn noise(seed: u8, len: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut out = String::with_capacity(len);
+    let mut block = Sha256::digest([seed]);
+    while out.len() < len {
+        out.push_str(&hex::encode(block));
+        block = Sha256::digest(block);
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at_all() {
+    // The receiver gathers small objects whole and hands them to its
+    // verifiers in batches; large ones stream. Each object here comes in
+    // frames of 1,000 bytes at most, small and large interleaved.
+    let s = setup();
+    let small: Vec<(String, String)> = (0..70)
+        .map(|i| {
+            (
+                format!("small-{i:02}"),
+                format!("small file {i}\n").repeat(90),
+            )
+        })
+        .collect();
+    let large = [
+        ("large-a", noise(1, 300_000)),
+        ("large-b", noise(2, 300_000)),
+    ];
+    let mut files: Vec<(&str, &str)> = small
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    files.insert(20, (large[0].0, &large[0].1));
+    files.insert(50, (large[1].0, &large[1].1));
+    let commit = s.commit(&files, None);
+    let pushed = |missing: &[(ObjectName, Vec<u8>)]| {
+        let sizes: Vec<usize> = missing.iter().map(|(_, d)| d.len()).collect();
+        assert_eq!(
+            sizes.iter().filter(|&&n| n > 64 * 1024).count(),
+            2,
+            "two objects stream, the rest are small: {sizes:?}"
+        );
+    };
+
+    // One small content object among the others is damaged.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let mut missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    pushed(&missing);
+    let (damaged, data) = missing
+        .iter_mut()
+        .filter(|(n, d)| n.kind == ObjectType::File && d.len() < 64 * 1024)
+        .nth(40)
+        .expect("a 41st small file");
+    let last = data.len() - 1;
+    data[last] ^= 0x55;
+    let damaged = *damaged;
+    for (n, d) in &missing {
+        let sent = async {
+            c.w.send_object_start(n, d.len() as u64).await?;
+            for chunk in d.chunks(1000) {
+                c.w.send_object_data(chunk).await?;
+            }
+            Ok::<(), depot::protocol::connection::Error>(())
+        };
+        if sent.await.is_err() {
+            break;
+        }
+    }
+    let _ = c.w.send(&Message::Done {}).await;
+    let _ = c.w.flush().await;
+    let (code, message) = c.error().await;
+    assert_eq!(code, ErrorCode::BadObject, "{message}");
+    assert!(message.contains(&damaged.to_string()), "{message}");
+    assert!(object_files(&s.server).is_empty(), "objects were published");
+
+    // Undamaged, the same frames land the commit.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    for (n, d) in &missing {
+        c.w.send_object_start(n, d.len() as u64)
+            .await
+            .expect("start");
+        for chunk in d.chunks(1000) {
+            c.w.send_object_data(chunk).await.expect("data");
+        }
+    }
+    c.send(Message::Done {}).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
+    assert_eq!(read_ref(&s.server, "main"), commit.to_string());
+    ok(ostree_in(&s.server).arg("fsck"));
+    let checkout = s.dir.join("checkout");
+    ok(ostree_in(&s.server)
+        .arg("checkout")
+        .arg(commit.to_string())
+        .arg(&checkout));
+    assert_eq!(
+        fs::read_to_string(checkout.join("large-b")).expect("read"),
+        large[1].1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_asked_about_again_is_not_missing_again_and_arrives_once() {
     let s = setup();

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::checksum::Checksum;
-use crate::object::{Commit, DirTree, FileHeader, ObjectMap, ObjectName, ObjectType, write_filez};
+use crate::object::{
+    Commit, DirTree, FileHeader, FileName, ObjectMap, ObjectName, ObjectType, write_filez,
+};
 use crate::refname::RefName;
 
 use super::incoming::IncomingObject;
@@ -89,11 +91,39 @@ impl Drop for StagingFile {
     }
 }
 
-/// The staged dirtrees a closure check has queued, and those left to read.
+/// The staged dirtrees a closure check has queued, each once, and those
+/// left to read. A queued dirtree keeps where it was met (the queued one it
+/// is in, and its name there), not its path: a path is built only to
+/// describe a missing object, so a chain of deeply nested dirtrees costs
+/// time in proportion to its length, not to the square of its depth.
 #[derive(Default)]
 struct Walk {
     queued: std::collections::HashSet<Checksum>,
-    to_read: Vec<(String, Checksum)>,
+    /// Per queued dirtree: its parent's index here (none for the root) and
+    /// its name.
+    dirs: Vec<(Option<usize>, Option<FileName>)>,
+    /// Indices into `dirs`, with the dirtree to read.
+    to_read: Vec<(usize, Checksum)>,
+}
+
+impl Walk {
+    /// The path of a directory met in queued directory `parent` (none: the
+    /// root) under `name`, ending in `/`.
+    fn path(&self, parent: Option<usize>, name: Option<&FileName>) -> String {
+        let mut names: Vec<&str> = name.map(FileName::as_str).into_iter().collect();
+        let mut at = parent;
+        while let Some(i) = at {
+            let (up, name) = &self.dirs[i];
+            names.extend(name.as_ref().map(FileName::as_str));
+            at = *up;
+        }
+        let mut path = String::from("/");
+        for n in names.iter().rev() {
+            path.push_str(n);
+            path.push('/');
+        }
+        path
+    }
 }
 
 /// The first missing object a closure check found, described, and how many
@@ -385,11 +415,12 @@ impl Transaction {
         self.check_dir(
             &mut walk,
             &mut missing,
-            "/".into(),
+            None,
+            None,
             c.root_tree,
             c.root_meta,
         );
-        while let Some((path, tree)) = walk.to_read.pop() {
+        while let Some((dir, tree)) = walk.to_read.pop() {
             let tree_name = ObjectName::new(tree, ObjectType::DirTree);
             let data = self.read_metadata(&tree_name)?;
             let t = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
@@ -399,12 +430,18 @@ impl Transaction {
             for (file, sum) in t.files() {
                 let obj = ObjectName::new(*sum, ObjectType::File);
                 if !self.has_object(&obj) {
-                    missing.note(|| format!("{obj} ({path}{file})"));
+                    missing.note(|| format!("{obj} ({}{file})", walk.path(Some(dir), None)));
                 }
             }
             for d in t.dirs() {
-                let sub = format!("{path}{}/", d.name);
-                self.check_dir(&mut walk, &mut missing, sub, d.tree, d.meta);
+                self.check_dir(
+                    &mut walk,
+                    &mut missing,
+                    Some(dir),
+                    Some(&d.name),
+                    d.tree,
+                    d.meta,
+                );
             }
         }
         match missing.first {
@@ -419,25 +456,29 @@ impl Transaction {
 
     /// Checks one directory of a closure: its dirmeta, and its dirtree,
     /// queued to be read if it is staged here (once).
+    /// The directory is `name` in queued directory `parent` (both none: the
+    /// root).
     fn check_dir(
         &self,
         walk: &mut Walk,
         missing: &mut Missing,
-        path: String,
+        parent: Option<usize>,
+        name: Option<&FileName>,
         tree: Checksum,
         meta: Checksum,
     ) {
         let meta_name = ObjectName::new(meta, ObjectType::DirMeta);
         if !self.has_object(&meta_name) {
-            missing.note(|| format!("{meta_name} ({path})"));
+            missing.note(|| format!("{meta_name} ({})", walk.path(parent, name)));
         }
         let tree_name = ObjectName::new(tree, ObjectType::DirTree);
         if self.staged(&tree_name) {
             if walk.queued.insert(tree) {
-                walk.to_read.push((path, tree));
+                walk.to_read.push((walk.dirs.len(), tree));
+                walk.dirs.push((parent, name.cloned()));
             }
         } else if !self.repo.has_object(&tree_name) {
-            missing.note(|| format!("{tree_name} ({path})"));
+            missing.note(|| format!("{tree_name} ({})", walk.path(parent, name)));
         }
     }
 
@@ -773,6 +814,59 @@ mod tests {
             Err(Error::Incomplete { missing, more, .. }) => {
                 assert!(missing.ends_with("(/f0000)"), "{missing}");
                 assert_eq!(more, 999);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_closure_check_names_a_missing_object_deep_in_a_chain_by_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        let meta = crate::object::DirMeta {
+            uid: 0,
+            gid: 0,
+            mode: 0o40755,
+            xattrs: crate::object::Xattrs::default(),
+        };
+        let meta = tx
+            .write_metadata(ObjectType::DirMeta, &meta.to_bytes())
+            .expect("stage");
+        // Staged dirtrees nested 3,000 deep; the deepest names an absent one.
+        let depth = 3000;
+        let absent = Checksum::of(b"an absent dirtree");
+        let mut tree = absent;
+        for i in 0..depth {
+            let sub = SubdirEntry {
+                name: FileName::new(if i == 0 { "bottom" } else { "d" }).expect("name"),
+                tree,
+                meta,
+            };
+            let t = DirTree::new(vec![], vec![sub]).expect("tree");
+            tree = tx
+                .write_metadata(ObjectType::DirTree, &t.to_bytes())
+                .expect("stage");
+        }
+        let commit = Commit {
+            metadata: Vec::new(),
+            parent: None,
+            related: Vec::new(),
+            subject: "s".into(),
+            body: String::new(),
+            timestamp: 1,
+            root_tree: tree,
+            root_meta: meta,
+        };
+        let c = tx
+            .write_metadata(ObjectType::Commit, &commit.to_bytes())
+            .expect("stage");
+        match tx.check_closure(&c) {
+            Err(Error::Incomplete { missing, more, .. }) => {
+                let path = format!("/{}bottom/", "d/".repeat(depth - 1));
+                let absent = ObjectName::new(absent, ObjectType::DirTree);
+                assert_eq!(missing, format!("{absent} ({path})"));
+                assert_eq!(more, 0);
             }
             other => panic!("{other:?}"),
         }

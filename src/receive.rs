@@ -8,8 +8,9 @@
 //! 3. `update` → `accepted`: every ref is authorized and its expected old
 //!    value checked *before any object is accepted*.
 //! 4. `want` → `missing` (any number): the server says what it lacks.
-//! 5. Objects, each verified as it streams (see [`crate::repo::IncomingObject`])
-//!    on a blocking thread while the session keeps reading.
+//! 5. Objects, verified on blocking threads while the session keeps reading
+//!    (see [`crate::repo::IncomingObject`]): a large one as it streams, small
+//!    ones (64 KiB or less) gathered whole and handed over in batches.
 //! 6. `done` → `result`: closure and fast-forward checks, publication in
 //!    dependency order, compare-and-swap of the refs, an audit record.
 //!
@@ -597,7 +598,7 @@ where
                     if size == 0 {
                         batch.add(name, Bytes::new(), &sinks, &mut next_sink).await
                     } else {
-                        gathering = Some((name, BytesMut::new()));
+                        gathering = Some((name, BytesMut::with_capacity(size as usize)));
                         true
                     }
                 } else {
@@ -617,19 +618,17 @@ where
                 remaining -= n;
                 match gathering.take() {
                     Some((name, mut gathered)) => {
+                        // Copied, even an object in one frame: a slice of
+                        // the frame would keep the reader's whole buffer
+                        // (up to a frame's maximum) alive while it waits.
+                        gathered.extend_from_slice(&data);
                         if remaining > 0 {
-                            gathered.extend_from_slice(&data);
                             gathering = Some((name, gathered));
                             true
                         } else {
-                            // An object in one frame is passed on as it came.
-                            let whole = if gathered.is_empty() {
-                                data
-                            } else {
-                                gathered.extend_from_slice(&data);
-                                gathered.freeze()
-                            };
-                            batch.add(name, whole, &sinks, &mut next_sink).await
+                            batch
+                                .add(name, gathered.freeze(), &sinks, &mut next_sink)
+                                .await
                         }
                     }
                     None => sink_tx.send(SinkMsg::Data(data)).await.is_ok(),

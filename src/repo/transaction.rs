@@ -288,7 +288,7 @@ impl Transaction {
     }
 
     /// Creates the file an object is staged in: under the object's own name
-    /// when that is free, so that publishing is one rename; else (the object
+    /// when that is free, so that publishing moves it once; else (the object
     /// is staged already, or is being written by another thread) under a
     /// temporary name that replaces the staged one once complete. Either way
     /// an incomplete file is never published: publishing happens only after
@@ -508,9 +508,9 @@ impl Transaction {
     /// an object points at is published before it (what
     /// [`check_closure`](Transaction::check_closure) relies on after a
     /// crash): content, dirmetas, dirtrees from the leaves up, detached
-    /// metadata, commits. Within a kind, name order: consecutive renames
-    /// land in the same `objects/XX/`. In place, since a push may stage
-    /// millions of objects.
+    /// metadata, commits. Within a kind, name order: consecutive moves
+    /// land in the same `objects/XX/` (content objects, moved on every
+    /// core, in runs). In place, since a push may stage millions of objects.
     fn publish_order(&self, staged: &mut [ObjectName]) -> Result<(), Error> {
         staged.sort_unstable_by_key(|n| (publish_rank(n.kind), *n));
         let tree_rank = publish_rank(ObjectType::DirTree);
@@ -625,12 +625,17 @@ impl Transaction {
             let staged = self.staged_path(name);
             let target = self.repo.object_path(name);
             match fs::hard_link(&staged, &target) {
-                // Published meanwhile by another writer: the same bytes.
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err("publish object", &target)(e)),
+                Ok(()) => fs::remove_file(&staged).map_err(io_err("remove", &staged)),
+                // Published meanwhile by another writer: the same content.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    fs::remove_file(&staged).map_err(io_err("remove", &staged))
+                }
+                // A file system without hard links (some FUSE or SMB mounts).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+                    fs::rename(&staged, &target).map_err(io_err("publish object", &target))
+                }
+                Err(e) => Err(io_err("publish object", &target)(e)),
             }
-            fs::remove_file(&staged).map_err(io_err("remove", &staged))
         })?;
         for name in &staged[content..] {
             let target = self.repo.object_path(name);
@@ -833,9 +838,11 @@ mod tests {
         let meta = tx
             .write_metadata(ObjectType::DirMeta, &meta.to_bytes())
             .expect("stage");
-        // Staged dirtrees nested 3,000 deep; the deepest names an absent one.
+        // Staged dirtrees nested 3,000 deep; the deepest names an absent
+        // file and an absent dirtree.
         let depth = 3000;
         let absent = Checksum::of(b"an absent dirtree");
+        let absent_file = Checksum::of(b"an absent file");
         let mut tree = absent;
         for i in 0..depth {
             let sub = SubdirEntry {
@@ -843,7 +850,12 @@ mod tests {
                 tree,
                 meta,
             };
-            let t = DirTree::new(vec![], vec![sub]).expect("tree");
+            let files = if i == 0 {
+                vec![(FileName::new("leaf").expect("name"), absent_file)]
+            } else {
+                vec![]
+            };
+            let t = DirTree::new(files, vec![sub]).expect("tree");
             tree = tx
                 .write_metadata(ObjectType::DirTree, &t.to_bytes())
                 .expect("stage");
@@ -863,13 +875,61 @@ mod tests {
             .expect("stage");
         match tx.check_closure(&c) {
             Err(Error::Incomplete { missing, more, .. }) => {
-                let path = format!("/{}bottom/", "d/".repeat(depth - 1));
-                let absent = ObjectName::new(absent, ObjectType::DirTree);
-                assert_eq!(missing, format!("{absent} ({path})"));
-                assert_eq!(more, 0);
+                // A directory's files are checked before its subdirectories.
+                let path = format!("/{}leaf", "d/".repeat(depth - 1));
+                let absent_file = ObjectName::new(absent_file, ObjectType::File);
+                assert_eq!(missing, format!("{absent_file} ({path})"));
+                assert_eq!(more, 1, "the absent dirtree is counted");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn two_transactions_publishing_the_same_content_both_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let header = FileHeader {
+            uid: 0,
+            gid: 0,
+            mode: 0o100_644,
+            symlink_target: String::new(),
+            xattrs: crate::object::Xattrs::default(),
+        };
+        let payload = b"the same content, staged twice";
+        let mut filez = Vec::new();
+        let (sum, _) = write_filez(&header, payload.len() as u64, &payload[..], 6, &mut filez)
+            .expect("in memory");
+        let name = ObjectName::new(sum, ObjectType::File);
+        // Both stage it while it is absent; the second publishes onto the
+        // first one's copy.
+        let (first, second) = (repo.begin().expect("begin"), repo.begin().expect("begin"));
+        for tx in [&first, &second] {
+            tx.write_content(
+                &sum,
+                &header,
+                payload.len() as u64,
+                &payload[..],
+                Path::new("p"),
+            )
+            .expect("stage");
+        }
+        let staging = [
+            first.staging().to_path_buf(),
+            second.staging().to_path_buf(),
+        ];
+        first.commit(&[]).expect("first publishes");
+        second
+            .commit(&[])
+            .expect("second publishes onto the same object");
+        assert_eq!(fs::read(repo.object_path(&name)).expect("published"), filez);
+        for dir in staging {
+            assert!(!dir.exists(), "{} is left behind", dir.display());
+        }
+        let objects: Vec<_> = fs::read_dir(repo.path.join("objects").join(&sum.to_hex()[..2]))
+            .expect("list")
+            .collect();
+        assert_eq!(objects.len(), 1, "{objects:?}");
     }
 
     #[test]

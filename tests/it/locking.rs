@@ -147,8 +147,9 @@ fn a_commit_killed_at_any_step_leaves_a_valid_repository() {
         fs::write(tree.join(format!("f{i}")), format!("content {i}")).expect("write");
         fs::write(tree.join("sub").join(format!("g{i}")), format!("more {i}")).expect("write");
     }
-    // A dry run on a copy finds the main thread's renames: publishing every
-    // object, and last the ref.
+    // A dry run on a copy finds the main thread's renames: publishing the
+    // metadata objects, and last the ref. (Content objects are published
+    // before them on worker threads, each as a link and an unlink.)
     let dry = tmp.path().join("dry");
     ok(Command::new("cp").arg("-a").arg(&repo_path).arg(&dry));
     let trace = tmp.path().join("trace");
@@ -173,10 +174,16 @@ fn a_commit_killed_at_any_step_leaves_a_valid_repository() {
         .position(|l| l.contains("/objects/"))
         .expect("objects are published");
     // Kill: with everything staged (at the syncfs before publishing), at the
-    // first publish, mid-publish, at the commit object's publish, and at the
-    // ref write.
+    // first content object's link, between a content object's link and the
+    // unlink of its staged name (a worker's second unlink: the main thread
+    // makes one, of a probe file, before publishing, and its next only after
+    // the ref moved), at the first metadata object's publish, mid-way, at the
+    // commit object's publish, and at the ref write. strace counts calls per
+    // thread.
     let points = [
         ("syncfs", 1),
+        ("linkat", 1),
+        ("unlink", 2),
         ("rename", publish_start + 1),
         ("rename", (publish_start + 1).midpoint(n)),
         ("rename", n - 1),

@@ -462,53 +462,24 @@ fn noise(seed: u8, len: usize) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at_all() {
-    // The receiver gathers small objects whole and hands them to its
-    // verifiers in batches; large ones stream. Each object here comes in
-    // frames of 1,000 bytes at most, small and large interleaved.
-    let s = setup();
-    let small: Vec<(String, String)> = (0..70)
-        .map(|i| {
-            (
-                format!("small-{i:02}"),
-                format!("small file {i}\n").repeat(90),
-            )
-        })
-        .collect();
-    let large = [
-        ("large-a", noise(1, 300_000)),
-        ("large-b", noise(2, 300_000)),
-    ];
-    let mut files: Vec<(&str, &str)> = small
+/// Content objects in an order that puts each large one (streamed to a
+/// verifier) between small ones (gathered into batches), metadata last;
+/// each object split into frames of 1,000 bytes at most.
+async fn send_interleaved(c: &mut Client, missing: &[(ObjectName, Vec<u8>)]) {
+    let small_limit = 64 * 1024;
+    let (content, metadata): (Vec<_>, Vec<_>) = missing
         .iter()
-        .map(|(n, c)| (n.as_str(), c.as_str()))
-        .collect();
-    files.insert(20, (large[0].0, &large[0].1));
-    files.insert(50, (large[1].0, &large[1].1));
-    let commit = s.commit(&files, None);
-    let pushed = |missing: &[(ObjectName, Vec<u8>)]| {
-        let sizes: Vec<usize> = missing.iter().map(|(_, d)| d.len()).collect();
-        assert_eq!(
-            sizes.iter().filter(|&&n| n > 64 * 1024).count(),
-            2,
-            "two objects stream, the rest are small: {sizes:?}"
-        );
-    };
-
-    // One small content object among the others is damaged.
-    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
-    let mut missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
-    pushed(&missing);
-    let (damaged, data) = missing
-        .iter_mut()
-        .filter(|(n, d)| n.kind == ObjectType::File && d.len() < 64 * 1024)
-        .nth(40)
-        .expect("a 41st small file");
-    let last = data.len() - 1;
-    data[last] ^= 0x55;
-    let damaged = *damaged;
-    for (n, d) in &missing {
+        .partition(|(n, _)| n.kind == ObjectType::File);
+    let (mut small, mut large): (Vec<_>, Vec<_>) = content
+        .into_iter()
+        .partition(|(_, d)| d.len() <= small_limit);
+    let mut order = Vec::new();
+    while !small.is_empty() || !large.is_empty() {
+        order.extend(small.drain(..small.len().min(3)));
+        order.extend(large.pop());
+    }
+    order.extend(metadata);
+    for (n, d) in order {
         let sent = async {
             c.w.send_object_start(n, d.len() as u64).await?;
             for chunk in d.chunks(1000) {
@@ -522,6 +493,48 @@ async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at
     }
     let _ = c.w.send(&Message::Done {}).await;
     let _ = c.w.flush().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at_all() {
+    // The receiver gathers objects of 64 KiB or less whole and hands them to
+    // its verifiers in batches; larger ones stream.
+    let s = setup();
+    let mut files: Vec<(String, String)> = (0..60)
+        .map(|i| {
+            (
+                format!("text-{i:02}"),
+                format!("small file {i}\n").repeat(90),
+            )
+        })
+        .collect();
+    // Hex deflates to about half: objects from about 40 to 80 KiB, on both
+    // sides of the limit.
+    for (i, len) in (80_000..=160_000).step_by(5_000).enumerate() {
+        files.push((format!("hex-{i:02}"), noise(i as u8, len)));
+    }
+    let listed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    let commit = s.commit(&listed, None);
+    let sizes: Vec<usize> = s.objects(&commit).iter().map(|(_, d)| d.len()).collect();
+    let near = |lo: usize, hi: usize| sizes.iter().any(|&n| lo < n && n <= hi);
+    assert!(
+        near(56 * 1024, 64 * 1024) && near(64 * 1024, 72 * 1024),
+        "objects just under and just over 64 KiB: {sizes:?}"
+    );
+
+    // A small object that spans many frames is damaged.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let mut missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    let (damaged, data) = missing
+        .iter_mut()
+        .find(|(n, d)| n.kind == ObjectType::File && (30 * 1024..=64 * 1024).contains(&d.len()))
+        .expect("a small object of several frames");
+    data[20_000] ^= 0x55;
+    let damaged = *damaged;
+    send_interleaved(&mut c, &missing).await;
     let (code, message) = c.error().await;
     assert_eq!(code, ErrorCode::BadObject, "{message}");
     assert!(message.contains(&damaged.to_string()), "{message}");
@@ -530,15 +543,7 @@ async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at
     // Undamaged, the same frames land the commit.
     let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
     let missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
-    for (n, d) in &missing {
-        c.w.send_object_start(n, d.len() as u64)
-            .await
-            .expect("start");
-        for chunk in d.chunks(1000) {
-            c.w.send_object_data(chunk).await.expect("data");
-        }
-    }
-    c.send(Message::Done {}).await;
+    send_interleaved(&mut c, &missing).await;
     assert!(matches!(c.recv().await, Message::Result { .. }));
     assert_eq!(read_ref(&s.server, "main"), commit.to_string());
     ok(ostree_in(&s.server).arg("fsck"));
@@ -547,10 +552,13 @@ async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at
         .arg("checkout")
         .arg(commit.to_string())
         .arg(&checkout));
-    assert_eq!(
-        fs::read_to_string(checkout.join("large-b")).expect("read"),
-        large[1].1
-    );
+    for (name, content) in &files {
+        assert_eq!(
+            &fs::read_to_string(checkout.join(name)).expect("read"),
+            content,
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,15 @@ enum Standing {
     Arriving,
     /// Staged, complete and verified.
     Staged,
+    /// Staged, and a dirtree a closure check has queued (each is read once;
+    /// the subtrees of a walked one were checked, or are being checked).
+    Walked,
+}
+
+impl Standing {
+    fn is_staged(self) -> bool {
+        matches!(self, Standing::Staged | Standing::Walked)
+    }
 }
 
 /// The objects a transaction has asked for or staged.
@@ -85,41 +94,32 @@ impl Drop for StagingFile {
         // replaced this file. That happens only under this lock, and puts
         // the name in the map: then the file at the name is not this one.
         let objects = lock_objects(&self.objects);
-        if !self.named || objects.get(&self.name) != Some(Standing::Staged) {
+        if !self.named || !objects.get(&self.name).is_some_and(Standing::is_staged) {
             let _ = fs::remove_file(&self.path);
         }
     }
 }
 
-/// The staged dirtrees a closure check has queued, each once, and those
-/// left to read. A queued dirtree keeps where it was met (the queued one it
-/// is in, and its name there), not its path: a path is built only to
-/// describe a missing object, so a chain of deeply nested dirtrees costs
-/// time in proportion to its length, not to the square of its depth.
+/// A closure check's walk of the staged dirtrees, depth first: those left
+/// to read, each with its depth and its name in its parent, and the names
+/// from the root down to the one being read. A path is built only to
+/// describe a missing object, so a chain of nested dirtrees costs time in
+/// proportion to its length, not to the square of its depth, and what the
+/// walk holds is the dirtrees still to read, not every one it has read
+/// (which dirtrees were queued is marked in the transaction's record).
 #[derive(Default)]
 struct Walk {
-    queued: std::collections::HashSet<Checksum>,
-    /// Per queued dirtree: its parent's index here (none for the root) and
-    /// its name.
-    dirs: Vec<(Option<usize>, Option<FileName>)>,
-    /// Indices into `dirs`, with the dirtree to read.
-    to_read: Vec<(usize, Checksum)>,
+    to_read: Vec<(usize, Option<FileName>, Checksum)>,
+    path: Vec<FileName>,
 }
 
 impl Walk {
-    /// The path of a directory met in queued directory `parent` (none: the
-    /// root) under `name`, ending in `/`.
-    fn path(&self, parent: Option<usize>, name: Option<&FileName>) -> String {
-        let mut names: Vec<&str> = name.map(FileName::as_str).into_iter().collect();
-        let mut at = parent;
-        while let Some(i) = at {
-            let (up, name) = &self.dirs[i];
-            names.extend(name.as_ref().map(FileName::as_str));
-            at = *up;
-        }
+    /// The path of the directory being read, or of its subdirectory `name`,
+    /// ending in `/`.
+    fn path(&self, name: Option<&FileName>) -> String {
         let mut path = String::from("/");
-        for n in names.iter().rev() {
-            path.push_str(n);
+        for n in self.path.iter().chain(name) {
+            path.push_str(n.as_str());
             path.push('/');
         }
         path
@@ -366,7 +366,9 @@ impl Transaction {
 
     /// Whether the object is staged here and complete.
     fn staged(&self, name: &ObjectName) -> bool {
-        lock_objects(&self.objects).get(name) == Some(Standing::Staged)
+        lock_objects(&self.objects)
+            .get(name)
+            .is_some_and(Standing::is_staged)
     }
 
     /// Records that a pusher is asked for these objects, keeping in `names`
@@ -405,22 +407,19 @@ impl Transaction {
     /// Checks that everything `commit` references is in the repository or
     /// staged here. A dirtree already published in the repository vouches
     /// for its whole subtree: depot and ostree publish children before
-    /// parents, and `fsck` checks that this holds. What it keeps grows with
-    /// the staged dirtrees only, whatever the pushed dirtrees name: only the
-    /// first missing object is described, the rest counted.
+    /// parents, and `fsck` checks that this holds. What it keeps is the
+    /// staged dirtrees still to read and the names down to the one being
+    /// read, whatever the pushed dirtrees name: only the first missing object
+    /// is described, the rest counted.
     pub fn check_closure(&self, commit: &Checksum) -> Result<(), Error> {
         let c = self.load_commit(commit)?;
         let mut missing = Missing::default();
         let mut walk = Walk::default();
-        self.check_dir(
-            &mut walk,
-            &mut missing,
-            None,
-            None,
-            c.root_tree,
-            c.root_meta,
-        );
-        while let Some((dir, tree)) = walk.to_read.pop() {
+        self.check_dir(&mut walk, &mut missing, 0, None, c.root_tree, c.root_meta);
+        while let Some((depth, name, tree)) = walk.to_read.pop() {
+            // Depth first: the names kept above this one are its parent's.
+            walk.path.truncate(depth.saturating_sub(1));
+            walk.path.extend(name);
             let tree_name = ObjectName::new(tree, ObjectType::DirTree);
             let data = self.read_metadata(&tree_name)?;
             let t = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
@@ -430,14 +429,14 @@ impl Transaction {
             for (file, sum) in t.files() {
                 let obj = ObjectName::new(*sum, ObjectType::File);
                 if !self.has_object(&obj) {
-                    missing.note(|| format!("{obj} ({}{file})", walk.path(Some(dir), None)));
+                    missing.note(|| format!("{obj} ({}{file})", walk.path(None)));
                 }
             }
             for d in t.dirs() {
                 self.check_dir(
                     &mut walk,
                     &mut missing,
-                    Some(dir),
+                    depth + 1,
                     Some(&d.name),
                     d.tree,
                     d.meta,
@@ -455,30 +454,43 @@ impl Transaction {
     }
 
     /// Checks one directory of a closure: its dirmeta, and its dirtree,
-    /// queued to be read if it is staged here (once).
-    /// The directory is `name` in queued directory `parent` (both none: the
-    /// root).
+    /// queued to be read if it is staged here (once). The directory is
+    /// `name` in the one being read, at `depth` (the root: 0, no name).
     fn check_dir(
         &self,
         walk: &mut Walk,
         missing: &mut Missing,
-        parent: Option<usize>,
+        depth: usize,
         name: Option<&FileName>,
         tree: Checksum,
         meta: Checksum,
     ) {
         let meta_name = ObjectName::new(meta, ObjectType::DirMeta);
         if !self.has_object(&meta_name) {
-            missing.note(|| format!("{meta_name} ({})", walk.path(parent, name)));
+            missing.note(|| format!("{meta_name} ({})", walk.path(name)));
         }
         let tree_name = ObjectName::new(tree, ObjectType::DirTree);
-        if self.staged(&tree_name) {
-            if walk.queued.insert(tree) {
-                walk.to_read.push((walk.dirs.len(), tree));
-                walk.dirs.push((parent, name.cloned()));
+        match self.mark_walked(&tree_name) {
+            Some(true) => walk.to_read.push((depth, name.cloned(), tree)),
+            Some(false) => {}
+            None => {
+                if !self.repo.has_object(&tree_name) {
+                    missing.note(|| format!("{tree_name} ({})", walk.path(name)));
+                }
             }
-        } else if !self.repo.has_object(&tree_name) {
-            missing.note(|| format!("{tree_name} ({})", walk.path(parent, name)));
+        }
+    }
+
+    /// For a staged object: marks it walked, and says whether it was not
+    /// before. None if it is not staged.
+    fn mark_walked(&self, name: &ObjectName) -> Option<bool> {
+        match lock_objects(&self.objects).get_mut(name) {
+            Some(standing @ Standing::Staged) => {
+                *standing = Standing::Walked;
+                Some(true)
+            }
+            Some(Standing::Walked) => Some(false),
+            _ => None,
         }
     }
 
@@ -605,8 +617,8 @@ impl Transaction {
     fn publish(self, updates: &[RefUpdate], durable: bool) -> Result<(), Error> {
         // Every writer has finished: the record is complete, and its table
         // is no longer needed.
-        let mut staged = std::mem::take(&mut *lock_objects(&self.objects))
-            .into_names_where(|standing| standing == Standing::Staged);
+        let mut staged =
+            std::mem::take(&mut *lock_objects(&self.objects)).into_names_where(Standing::is_staged);
         self.publish_order(&mut staged)?;
         if durable {
             sync_fs(self.staging())?;
@@ -778,6 +790,34 @@ mod tests {
             .expect("stage")
     }
 
+    /// Stages a plain dirmeta; returns its checksum.
+    fn stage_dirmeta(tx: &Transaction) -> Checksum {
+        let meta = crate::object::DirMeta {
+            uid: 0,
+            gid: 0,
+            mode: 0o40755,
+            xattrs: crate::object::Xattrs::default(),
+        };
+        tx.write_metadata(ObjectType::DirMeta, &meta.to_bytes())
+            .expect("stage")
+    }
+
+    /// Stages a commit of the tree; returns its checksum.
+    fn stage_commit(tx: &Transaction, root_tree: Checksum, root_meta: Checksum) -> Checksum {
+        let commit = Commit {
+            metadata: Vec::new(),
+            parent: None,
+            related: Vec::new(),
+            subject: "s".into(),
+            body: String::new(),
+            timestamp: 1,
+            root_tree,
+            root_meta,
+        };
+        tx.write_metadata(ObjectType::Commit, &commit.to_bytes())
+            .expect("stage")
+    }
+
     #[test]
     fn a_closure_check_names_the_first_missing_object_and_counts_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -793,28 +833,8 @@ mod tests {
         let root_tree = tx
             .write_metadata(ObjectType::DirTree, &tree.to_bytes())
             .expect("stage");
-        let meta = crate::object::DirMeta {
-            uid: 0,
-            gid: 0,
-            mode: 0o40755,
-            xattrs: crate::object::Xattrs::default(),
-        };
-        let root_meta = tx
-            .write_metadata(ObjectType::DirMeta, &meta.to_bytes())
-            .expect("stage");
-        let commit = Commit {
-            metadata: Vec::new(),
-            parent: None,
-            related: Vec::new(),
-            subject: "s".into(),
-            body: String::new(),
-            timestamp: 1,
-            root_tree,
-            root_meta,
-        };
-        let c = tx
-            .write_metadata(ObjectType::Commit, &commit.to_bytes())
-            .expect("stage");
+        let root_meta = stage_dirmeta(&tx);
+        let c = stage_commit(&tx, root_tree, root_meta);
         match tx.check_closure(&c) {
             Err(Error::Incomplete { missing, more, .. }) => {
                 assert!(missing.ends_with("(/f0000)"), "{missing}");
@@ -829,15 +849,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = Repo::init(&dir.path().join("repo")).expect("init");
         let tx = repo.begin().expect("begin");
-        let meta = crate::object::DirMeta {
-            uid: 0,
-            gid: 0,
-            mode: 0o40755,
-            xattrs: crate::object::Xattrs::default(),
-        };
-        let meta = tx
-            .write_metadata(ObjectType::DirMeta, &meta.to_bytes())
-            .expect("stage");
+        let meta = stage_dirmeta(&tx);
         // Staged dirtrees nested 3,000 deep; the deepest names an absent
         // file and an absent dirtree.
         let depth = 3000;
@@ -860,19 +872,7 @@ mod tests {
                 .write_metadata(ObjectType::DirTree, &t.to_bytes())
                 .expect("stage");
         }
-        let commit = Commit {
-            metadata: Vec::new(),
-            parent: None,
-            related: Vec::new(),
-            subject: "s".into(),
-            body: String::new(),
-            timestamp: 1,
-            root_tree: tree,
-            root_meta: meta,
-        };
-        let c = tx
-            .write_metadata(ObjectType::Commit, &commit.to_bytes())
-            .expect("stage");
+        let c = stage_commit(&tx, tree, meta);
         match tx.check_closure(&c) {
             Err(Error::Incomplete { missing, more, .. }) => {
                 // A directory's files are checked before its subdirectories.
@@ -880,6 +880,45 @@ mod tests {
                 let absent_file = ObjectName::new(absent_file, ObjectType::File);
                 assert_eq!(missing, format!("{absent_file} ({path})"));
                 assert_eq!(more, 1, "the absent dirtree is counted");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_closure_check_names_a_missing_file_by_its_path_after_walking_back_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        let meta = stage_dirmeta(&tx);
+        let name = |s: &str| FileName::new(s).expect("name");
+        let stage = |files: Vec<(FileName, Checksum)>, dirs: Vec<(&str, Checksum)>| {
+            let dirs = dirs
+                .into_iter()
+                .map(|(n, tree)| SubdirEntry {
+                    name: name(n),
+                    tree,
+                    meta,
+                })
+                .collect();
+            let t = DirTree::new(files, dirs).expect("tree");
+            tx.write_metadata(ObjectType::DirTree, &t.to_bytes())
+                .expect("stage")
+        };
+        // /a/x/g is absent; /b/y is complete. The walk reads /b and /b/y
+        // first (the last subdirectory first), then goes back up to /a.
+        let absent = Checksum::of(b"an absent file");
+        let tree_x = stage(vec![(name("g"), absent)], vec![]);
+        let tree_a = stage(vec![], vec![("x", tree_x)]);
+        let tree_y = stage(vec![], vec![]);
+        let tree_b = stage(vec![], vec![("y", tree_y)]);
+        let root = stage(vec![], vec![("a", tree_a), ("b", tree_b)]);
+        let c = stage_commit(&tx, root, meta);
+        match tx.check_closure(&c) {
+            Err(Error::Incomplete { missing, more, .. }) => {
+                let absent = ObjectName::new(absent, ObjectType::File);
+                assert_eq!(missing, format!("{absent} (/a/x/g)"));
+                assert_eq!(more, 0);
             }
             other => panic!("{other:?}"),
         }

@@ -587,8 +587,7 @@ impl Transaction {
             order.extend((0..trees.len()).filter(|&i| waiting_on[i] > 0).map(index));
         }
         drop((edges, first, waiting_on));
-        let ordered: Vec<ObjectName> = order.iter().map(|&i| trees[i as usize]).collect();
-        trees.copy_from_slice(&ordered);
+        permute_in_place(trees, &mut order);
         Ok(())
     }
 
@@ -750,6 +749,31 @@ fn creates_mode_0644(dir: &Path) -> Result<bool, Error> {
     Ok(mode.map_err(io_err("stat", &probe))? == 0o644)
 }
 
+/// Puts `items[order[k]]` at position `k`, for every `k`, following each
+/// cycle of the permutation `order` (which it uses up): no second copy of
+/// `items`, which for a push of half a million dirtrees would be 16 MiB at
+/// the receiver's peak.
+fn permute_in_place<T: Copy>(items: &mut [T], order: &mut [u32]) {
+    const DONE: u32 = u32::MAX;
+    for start in 0..items.len() {
+        if order[start] == DONE {
+            continue;
+        }
+        let first = items[start];
+        let mut k = start;
+        loop {
+            let from = order[k] as usize;
+            order[k] = DONE;
+            if from == start {
+                items[k] = first;
+                break;
+            }
+            items[k] = items[from];
+            k = from;
+        }
+    }
+}
+
 /// Objects are published so that whatever points at an object lands after it.
 fn publish_rank(kind: ObjectType) -> u8 {
     match kind {
@@ -768,6 +792,8 @@ fn sync_fs(dir: &Path) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{Just, Strategy};
+
     use super::*;
     use crate::object::{DirTree, FileName, SubdirEntry};
 
@@ -921,6 +947,19 @@ mod tests {
                 assert_eq!(more, 0);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_permutation_applied_in_place_matches_a_copy(
+            order in (0u32..300).prop_flat_map(|n| Just((0..n).collect::<Vec<u32>>()).prop_shuffle())
+        ) {
+            let items: Vec<u64> = (0..order.len() as u64).map(|i| i * 10).collect();
+            let want: Vec<u64> = order.iter().map(|&i| items[i as usize]).collect();
+            let mut got = items.clone();
+            permute_in_place(&mut got, &mut order.clone());
+            proptest::prop_assert_eq!(got, want);
         }
     }
 

@@ -133,6 +133,11 @@ impl<V: Copy> ObjectMap<V> {
         self.names.iter().zip(&self.values)
     }
 
+    /// The values, to change in place, in insertion order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.values.iter_mut()
+    }
+
     /// The names whose value passes `keep`, reusing the map's own memory
     /// for them; the table is freed first.
     #[must_use]

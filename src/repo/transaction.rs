@@ -54,8 +54,9 @@ enum Standing {
     Arriving,
     /// Staged, complete and verified.
     Staged,
-    /// Staged, and a dirtree a closure check has queued (each is read once;
-    /// the subtrees of a walked one were checked, or are being checked).
+    /// Staged, and a dirtree a closure check has queued: each is read once.
+    /// Only a check that passes leaves the mark (its whole subtree is then
+    /// present), so a later check in the same transaction may skip it.
     Walked,
 }
 
@@ -410,8 +411,25 @@ impl Transaction {
     /// parents, and `fsck` checks that this holds. What it keeps is the
     /// staged dirtrees still to read and the names down to the one being
     /// read, whatever the pushed dirtrees name: only the first missing object
-    /// is described, the rest counted.
+    /// is described, the rest counted. Checks of one transaction run one at
+    /// a time (a receiver checks its refs in turn): a check marks the staged
+    /// dirtrees it reads, and a later one skips those a passing check marked.
     pub fn check_closure(&self, commit: &Checksum) -> Result<(), Error> {
+        let checked = self.walk_closure(commit);
+        if checked.is_err() {
+            // A walked dirtree's subtree may be incomplete, or unread.
+            for standing in lock_objects(&self.objects).values_mut() {
+                if *standing == Standing::Walked {
+                    *standing = Standing::Staged;
+                }
+            }
+        }
+        checked
+    }
+
+    /// [`check_closure`](Transaction::check_closure)'s walk: one at a time
+    /// in a transaction, since it marks what it queues.
+    fn walk_closure(&self, commit: &Checksum) -> Result<(), Error> {
         let c = self.load_commit(commit)?;
         let mut missing = Missing::default();
         let mut walk = Walk::default();
@@ -755,6 +773,7 @@ fn creates_mode_0644(dir: &Path) -> Result<bool, Error> {
 /// the receiver's peak.
 fn permute_in_place<T: Copy>(items: &mut [T], order: &mut [u32]) {
     const DONE: u32 = u32::MAX;
+    debug_assert_eq!(items.len(), order.len());
     for start in 0..items.len() {
         if order[start] == DONE {
             continue;
@@ -960,6 +979,40 @@ mod tests {
             let mut got = items.clone();
             permute_in_place(&mut got, &mut order.clone());
             proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_failed_closure_check_leaves_no_dirtree_vouched_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        let meta = stage_dirmeta(&tx);
+        let stage = |files: Vec<(FileName, Checksum)>, dirs: Vec<SubdirEntry>| {
+            let t = DirTree::new(files, dirs).expect("tree");
+            tx.write_metadata(ObjectType::DirTree, &t.to_bytes())
+                .expect("stage")
+        };
+        let name = |s: &str| FileName::new(s).expect("name");
+        // Two commits share a staged subtree whose one file is absent;
+        // nothing else is missing.
+        let shared = stage(vec![(name("f"), Checksum::of(b"absent"))], vec![]);
+        let under = |n: &str| {
+            stage(
+                vec![],
+                vec![SubdirEntry {
+                    name: name(n),
+                    tree: shared,
+                    meta,
+                }],
+            )
+        };
+        for root in [under("first"), under("second")] {
+            let c = stage_commit(&tx, root, meta);
+            match tx.check_closure(&c) {
+                Err(Error::Incomplete { .. }) => {}
+                other => panic!("{other:?}"),
+            }
         }
     }
 

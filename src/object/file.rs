@@ -323,10 +323,13 @@ impl WholeDeflate {
                 slot => &mut slot.insert((level, new_compressor()?)).1,
             }
         };
-        self.output
-            .resize(compressor.deflate_compress_bound(self.input.len()), 0);
+        // Grown (and zeroed) only past the largest bound so far, not per file.
+        let bound = compressor.deflate_compress_bound(self.input.len());
+        if self.output.len() < bound {
+            self.output.resize(bound, 0);
+        }
         let n = compressor
-            .deflate_compress(&self.input, &mut self.output)
+            .deflate_compress(&self.input, &mut self.output[..bound])
             .map_err(|e| std::io::Error::other(format!("deflate: {e}")))?;
         Ok(&self.output[..n])
     }

@@ -342,6 +342,26 @@ impl FileEntry {
         Ok(self.header_with(xattrs))
     }
 
+    /// Opens it (a regular file; a symlink has nothing to open) and builds
+    /// its content object's header, reading the extended attributes (when
+    /// `with_xattrs`) through the open file: from the inode that is read.
+    pub(crate) fn open(
+        &self,
+        path: &Path,
+        with_xattrs: bool,
+    ) -> Result<(Option<File>, FileHeader), Error> {
+        if self.symlink_target.is_some() {
+            return Ok((None, self.header(path, !with_xattrs)?));
+        }
+        let file = File::open(path).map_err(io_err("open", path))?;
+        let xattrs = if with_xattrs {
+            read_xattrs_of(&file, path)?
+        } else {
+            Xattrs::default()
+        };
+        Ok((Some(file), self.header_with(xattrs)))
+    }
+
     /// Its content object's header, with these extended attributes.
     pub(crate) fn header_with(&self, xattrs: Xattrs) -> FileHeader {
         FileHeader {
@@ -408,24 +428,17 @@ pub(crate) fn hash_entry(
     no_xattrs: bool,
     buf: &mut Vec<u8>,
 ) -> Result<Hashed, Error> {
-    if entry.symlink_target.is_some() {
-        let header = entry.header(path, no_xattrs)?;
-        let checksum =
-            Checksum::from_hasher(Sha256::new_with_prefix(content_checksum_prefix(&header)));
+    let (file, header) = entry.open(path, !no_xattrs)?;
+    let prefix = content_checksum_prefix(&header);
+    let Some(mut file) = file else {
+        // A symlink: its header is its content.
         buf.clear();
         return Ok(Hashed {
-            checksum,
+            checksum: Checksum::from_hasher(Sha256::new_with_prefix(&prefix)),
             header,
             in_buffer: true,
         });
-    }
-    let mut file = File::open(path).map_err(io_err("open", path))?;
-    let header = entry.header_with(if no_xattrs {
-        Xattrs::default()
-    } else {
-        read_xattrs_of(&file, path)?
-    });
-    let prefix = content_checksum_prefix(&header);
+    };
     if entry.size <= WHOLE_FILE_LIMIT {
         buf.clear();
         (&mut file)

@@ -329,10 +329,10 @@ struct TreeObjects {
     metadata: HashMap<ObjectName, Vec<u8>>,
     /// Content object → index of a file with that content.
     content: ObjectMap<usize>,
-    /// Per file: whether hashing found extended attributes. Those without
-    /// are not asked again when their content is sent.
+    /// Per file: whether hashing found extended attributes (never, under
+    /// --no-xattrs). Those without are not asked again when their content
+    /// is sent.
     has_xattrs: Vec<bool>,
-    no_xattrs: bool,
 }
 
 /// Where objects to send come from.
@@ -424,7 +424,6 @@ fn hash_tree(
             metadata,
             content,
             has_xattrs,
-            no_xattrs: options.no_xattrs,
         },
         root_tree,
         root_meta,
@@ -851,21 +850,18 @@ fn produce(
                 .ok_or_else(|| Error::Local(format!("object {name} is not in the tree")))?;
             let entry: &FileEntry = &t.scan.files[index];
             let path = t.scan.path(entry);
-            let header = if t.has_xattrs[index] {
-                entry.header(&path, t.no_xattrs)?
-            } else {
-                entry.header_with(crate::object::Xattrs::default())
-            };
+            // A file that had no extended attributes when hashed is not
+            // asked again.
+            let (file, header) = entry.open(&path, t.has_xattrs[index])?;
             let changed = || Error::from(repo::Error::ChangedWhileReading { path: path.clone() });
             let local_err =
                 |e: std::io::Error| Error::Local(format!("compress {}: {e}", path.display()));
             // One read: write_filez hashes what it compresses, and a source
             // that changed since it was hashed shows as a different checksum
             // or length (reading at most one byte past the expected size).
-            let source: Box<dyn Read> = if entry.symlink_target.is_some() {
-                Box::new(std::io::empty())
-            } else {
-                Box::new(File::open(&path).map_err(local_err)?.take(entry.size + 1))
+            let source: Box<dyn Read> = match file {
+                Some(file) => Box::new(file.take(entry.size + 1)),
+                None => Box::new(std::io::empty()),
             };
             let payload = if entry.size <= IN_MEMORY_LIMIT {
                 buf.clear();

@@ -863,30 +863,53 @@ mod tests {
             .expect("stage")
     }
 
+    /// Stages a dirtree of these files and subdirectories (each with
+    /// dirmeta `meta`); returns its checksum.
+    fn stage_dirtree(
+        tx: &Transaction,
+        files: &[(&str, Checksum)],
+        dirs: &[(&str, Checksum)],
+        meta: Checksum,
+    ) -> Checksum {
+        let name = |s: &str| FileName::new(s).expect("name");
+        let files = files.iter().map(|&(n, c)| (name(n), c)).collect();
+        let dirs = dirs
+            .iter()
+            .map(|&(n, tree)| SubdirEntry {
+                name: name(n),
+                tree,
+                meta,
+            })
+            .collect();
+        let tree = DirTree::new(files, dirs).expect("tree");
+        tx.write_metadata(ObjectType::DirTree, &tree.to_bytes())
+            .expect("stage")
+    }
+
+    /// What the closure check of `commit` describes as missing first, and
+    /// how many more it counts; it must find the commit incomplete.
+    fn incomplete(tx: &Transaction, commit: &Checksum) -> (String, usize) {
+        match tx.check_closure(commit) {
+            Err(Error::Incomplete { missing, more, .. }) => (missing, more),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_closure_check_names_the_first_missing_object_and_counts_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = Repo::init(&dir.path().join("repo")).expect("init");
         let tx = repo.begin().expect("begin");
-        let files = (0..1000)
-            .map(|i| {
-                let name = FileName::new(&format!("f{i:04}")).expect("name");
-                (name, Checksum::of(format!("absent {i}").as_bytes()))
-            })
+        let meta = stage_dirmeta(&tx);
+        let names: Vec<String> = (0..1000).map(|i| format!("f{i:04}")).collect();
+        let files: Vec<(&str, Checksum)> = names
+            .iter()
+            .map(|n| (n.as_str(), Checksum::of(format!("absent {n}").as_bytes())))
             .collect();
-        let tree = DirTree::new(files, vec![]).expect("tree");
-        let root_tree = tx
-            .write_metadata(ObjectType::DirTree, &tree.to_bytes())
-            .expect("stage");
-        let root_meta = stage_dirmeta(&tx);
-        let c = stage_commit(&tx, root_tree, root_meta);
-        match tx.check_closure(&c) {
-            Err(Error::Incomplete { missing, more, .. }) => {
-                assert!(missing.ends_with("(/f0000)"), "{missing}");
-                assert_eq!(more, 999);
-            }
-            other => panic!("{other:?}"),
-        }
+        let root = stage_dirtree(&tx, &files, &[], meta);
+        let (missing, more) = incomplete(&tx, &stage_commit(&tx, root, meta));
+        assert!(missing.ends_with("(/f0000)"), "{missing}");
+        assert_eq!(more, 999);
     }
 
     #[test]
@@ -898,36 +921,22 @@ mod tests {
         // Staged dirtrees nested 3,000 deep; the deepest names an absent
         // file and an absent dirtree.
         let depth = 3000;
-        let absent = Checksum::of(b"an absent dirtree");
         let absent_file = Checksum::of(b"an absent file");
-        let mut tree = absent;
-        for i in 0..depth {
-            let sub = SubdirEntry {
-                name: FileName::new(if i == 0 { "bottom" } else { "d" }).expect("name"),
-                tree,
-                meta,
-            };
-            let files = if i == 0 {
-                vec![(FileName::new("leaf").expect("name"), absent_file)]
-            } else {
-                vec![]
-            };
-            let t = DirTree::new(files, vec![sub]).expect("tree");
-            tree = tx
-                .write_metadata(ObjectType::DirTree, &t.to_bytes())
-                .expect("stage");
+        let mut tree = stage_dirtree(
+            &tx,
+            &[("leaf", absent_file)],
+            &[("bottom", Checksum::of(b"an absent dirtree"))],
+            meta,
+        );
+        for _ in 1..depth {
+            tree = stage_dirtree(&tx, &[], &[("d", tree)], meta);
         }
-        let c = stage_commit(&tx, tree, meta);
-        match tx.check_closure(&c) {
-            Err(Error::Incomplete { missing, more, .. }) => {
-                // A directory's files are checked before its subdirectories.
-                let path = format!("/{}leaf", "d/".repeat(depth - 1));
-                let absent_file = ObjectName::new(absent_file, ObjectType::File);
-                assert_eq!(missing, format!("{absent_file} ({path})"));
-                assert_eq!(more, 1, "the absent dirtree is counted");
-            }
-            other => panic!("{other:?}"),
-        }
+        let (missing, more) = incomplete(&tx, &stage_commit(&tx, tree, meta));
+        // A directory's files are checked before its subdirectories.
+        let path = format!("/{}leaf", "d/".repeat(depth - 1));
+        let absent_file = ObjectName::new(absent_file, ObjectType::File);
+        assert_eq!(missing, format!("{absent_file} ({path})"));
+        assert_eq!(more, 1, "the absent dirtree is counted");
     }
 
     #[test]
@@ -936,37 +945,18 @@ mod tests {
         let repo = Repo::init(&dir.path().join("repo")).expect("init");
         let tx = repo.begin().expect("begin");
         let meta = stage_dirmeta(&tx);
-        let name = |s: &str| FileName::new(s).expect("name");
-        let stage = |files: Vec<(FileName, Checksum)>, dirs: Vec<(&str, Checksum)>| {
-            let dirs = dirs
-                .into_iter()
-                .map(|(n, tree)| SubdirEntry {
-                    name: name(n),
-                    tree,
-                    meta,
-                })
-                .collect();
-            let t = DirTree::new(files, dirs).expect("tree");
-            tx.write_metadata(ObjectType::DirTree, &t.to_bytes())
-                .expect("stage")
-        };
         // /a/x/g is absent; /b/y is complete. The walk reads /b and /b/y
         // first (the last subdirectory first), then goes back up to /a.
         let absent = Checksum::of(b"an absent file");
-        let tree_x = stage(vec![(name("g"), absent)], vec![]);
-        let tree_a = stage(vec![], vec![("x", tree_x)]);
-        let tree_y = stage(vec![], vec![]);
-        let tree_b = stage(vec![], vec![("y", tree_y)]);
-        let root = stage(vec![], vec![("a", tree_a), ("b", tree_b)]);
-        let c = stage_commit(&tx, root, meta);
-        match tx.check_closure(&c) {
-            Err(Error::Incomplete { missing, more, .. }) => {
-                let absent = ObjectName::new(absent, ObjectType::File);
-                assert_eq!(missing, format!("{absent} (/a/x/g)"));
-                assert_eq!(more, 0);
-            }
-            other => panic!("{other:?}"),
-        }
+        let tree_x = stage_dirtree(&tx, &[("g", absent)], &[], meta);
+        let tree_a = stage_dirtree(&tx, &[], &[("x", tree_x)], meta);
+        let tree_y = stage_dirtree(&tx, &[], &[], meta);
+        let tree_b = stage_dirtree(&tx, &[], &[("y", tree_y)], meta);
+        let root = stage_dirtree(&tx, &[], &[("a", tree_a), ("b", tree_b)], meta);
+        let (missing, more) = incomplete(&tx, &stage_commit(&tx, root, meta));
+        let absent = ObjectName::new(absent, ObjectType::File);
+        assert_eq!(missing, format!("{absent} (/a/x/g)"));
+        assert_eq!(more, 0);
     }
 
     proptest::proptest! {
@@ -988,31 +978,13 @@ mod tests {
         let repo = Repo::init(&dir.path().join("repo")).expect("init");
         let tx = repo.begin().expect("begin");
         let meta = stage_dirmeta(&tx);
-        let stage = |files: Vec<(FileName, Checksum)>, dirs: Vec<SubdirEntry>| {
-            let t = DirTree::new(files, dirs).expect("tree");
-            tx.write_metadata(ObjectType::DirTree, &t.to_bytes())
-                .expect("stage")
-        };
-        let name = |s: &str| FileName::new(s).expect("name");
         // Two commits share a staged subtree whose one file is absent;
         // nothing else is missing.
-        let shared = stage(vec![(name("f"), Checksum::of(b"absent"))], vec![]);
-        let under = |n: &str| {
-            stage(
-                vec![],
-                vec![SubdirEntry {
-                    name: name(n),
-                    tree: shared,
-                    meta,
-                }],
-            )
-        };
-        for root in [under("first"), under("second")] {
-            let c = stage_commit(&tx, root, meta);
-            match tx.check_closure(&c) {
-                Err(Error::Incomplete { .. }) => {}
-                other => panic!("{other:?}"),
-            }
+        let shared = stage_dirtree(&tx, &[("f", Checksum::of(b"absent"))], &[], meta);
+        for under in ["first", "second"] {
+            let root = stage_dirtree(&tx, &[], &[(under, shared)], meta);
+            let (missing, _) = incomplete(&tx, &stage_commit(&tx, root, meta));
+            assert!(missing.ends_with(&format!("(/{under}/f)")), "{missing}");
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use depot::checksum::Checksum;
 use depot::commit;
-use depot::object::{ObjectName, ObjectType};
+use depot::object::{ObjectName, ObjectType, parse_filez_header};
 use depot::protocol::{ErrorCode, FrameReader, FrameWriter, Incoming, Message, RefChange};
 use depot::receive::{Policy, serve};
 use depot::refname::RefName;
@@ -559,6 +559,96 @@ async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at
             "{name}"
         );
     }
+}
+
+/// `filez` with its deflate stream replaced by one stored block of its
+/// payload: the same object, re-encoded to a size the test chooses.
+fn stored_block_filez(filez: &[u8], payload: &[u8]) -> Vec<u8> {
+    let header_len = u32::from_be_bytes(filez[..4].try_into().expect("4 bytes")) as usize;
+    let len = u16::try_from(payload.len()).expect("one stored block holds 65,535 bytes");
+    let mut out = filez[..8 + header_len].to_vec();
+    // BFINAL = 1, BTYPE = 00 (stored), then LEN and its complement.
+    out.push(0x01);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_exactly_64_kib_and_one_byte_more_take_both_paths_and_are_verified() {
+    // 65,536 bytes is the largest object the receiver gathers whole; one
+    // byte more streams. Both must be verified alike.
+    const LIMIT: usize = 64 * 1024;
+    let s = setup();
+    let probe = s.commit(&[("probe", "x")], None);
+    let (_, probe_filez) = s
+        .objects(&probe)
+        .into_iter()
+        .find(|(n, _)| n.kind == ObjectType::File)
+        .expect("a content object");
+    let header_len = u32::from_be_bytes(probe_filez[..4].try_into().expect("4 bytes")) as usize;
+    // 8-byte prefix, header, 5-byte stored-block header, payload.
+    let at_limit = noise(1, LIMIT - 8 - header_len - 5);
+    let over_limit = noise(2, LIMIT + 1 - 8 - header_len - 5);
+    let commit = s.commit(&[("at", &at_limit), ("over", &over_limit)], None);
+
+    let reencode = |missing: &mut Vec<(ObjectName, Vec<u8>)>| {
+        let mut sizes = Vec::new();
+        for (_, d) in missing
+            .iter_mut()
+            .filter(|(n, _)| n.kind == ObjectType::File)
+        {
+            let header_len = u32::from_be_bytes(d[..4].try_into().expect("4 bytes")) as usize;
+            let (_, size) = parse_filez_header(&d[8..8 + header_len]).expect("header");
+            let payload = [&at_limit, &over_limit]
+                .into_iter()
+                .find(|p| p.len() as u64 == size)
+                .expect("the object of one of the two files");
+            *d = stored_block_filez(d, payload.as_bytes());
+            sizes.push(d.len());
+        }
+        sizes.sort_unstable();
+        assert_eq!(sizes, [LIMIT, LIMIT + 1]);
+    };
+
+    // The object of exactly 64 KiB, damaged in its last byte, is refused.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let mut missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    reencode(&mut missing);
+    let (damaged, data) = missing
+        .iter_mut()
+        .find(|(_, d)| d.len() == LIMIT)
+        .expect("the 64 KiB object");
+    *data.last_mut().expect("bytes") ^= 0x01;
+    let damaged = *damaged;
+    send_interleaved(&mut c, &missing).await;
+    let (code, message) = c.error().await;
+    assert_eq!(code, ErrorCode::BadObject, "{message}");
+    assert!(message.contains(&damaged.to_string()), "{message}");
+    assert!(object_files(&s.server).is_empty(), "objects were published");
+
+    // Intact, both land, stored as they were sent.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let mut missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    reencode(&mut missing);
+    send_interleaved(&mut c, &missing).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
+    assert_eq!(read_ref(&s.server, "main"), commit.to_string());
+    ok(ostree_in(&s.server).arg("fsck"));
+    let checkout = s.dir.join("checkout");
+    ok(ostree_in(&s.server)
+        .arg("checkout")
+        .arg(commit.to_string())
+        .arg(&checkout));
+    assert_eq!(
+        fs::read_to_string(checkout.join("at")).expect("read"),
+        at_limit
+    );
+    assert_eq!(
+        fs::read_to_string(checkout.join("over")).expect("read"),
+        over_limit
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

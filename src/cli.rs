@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -49,6 +50,9 @@ pub enum Command {
         /// Add this certificate (PEM) to the trusted roots for https.
         #[arg(long)]
         cacert: Option<PathBuf>,
+        /// Give up on a server that sends nothing for this long.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::pull::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -76,6 +80,9 @@ pub enum Command {
         /// Add this certificate (PEM) to the trusted roots for https.
         #[arg(long)]
         cacert: Option<PathBuf>,
+        /// Give up on a server that sends nothing for this long.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::pull::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -243,6 +250,26 @@ pub struct PushArgs {
     args: Vec<String>,
 }
 
+/// `text` (a subject, a version: whatever a pusher or a server wrote) with
+/// control characters escaped, so that it cannot move the cursor, retitle
+/// the terminal or add rows and columns to tab-separated output.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 fn parse_parent(s: &str) -> Result<Parent, String> {
     match s {
         "auto" => Ok(Parent::Auto),
@@ -299,11 +326,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             repo,
             url,
             cacert,
+            timeout,
             json,
         } => {
             let mut rows = Vec::new();
             if let Some(url) = url {
-                let remote = crate::pull::Remote::new(&url, cacert.as_deref())?;
+                let remote = crate::pull::Remote::new(
+                    &url,
+                    cacert.as_deref(),
+                    Duration::from_secs(timeout),
+                )?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -323,7 +355,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                             "{}\t{}\t{time}\t{}",
                             r.name,
                             r.commit,
-                            r.version.unwrap_or_default()
+                            printable(&r.version.unwrap_or_default())
                         )?;
                     }
                 }
@@ -346,7 +378,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                             stdout,
                             "{name}\t{c}\t{}\t{}",
                             timefmt::format(commit.timestamp),
-                            commit.subject
+                            printable(&commit.subject)
                         )?;
                     }
                 }
@@ -364,6 +396,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             cache,
             cacert,
+            timeout,
             json,
         } => {
             let target = match (dest, path, output) {
@@ -376,8 +409,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             let cache = cache
                 .or_else(|| crate::pull::default_cache(&url))
                 .context("no --cache given and neither XDG_CACHE_HOME nor HOME is set")?;
-            let outcome = crate::pull::pull(&url, &ref_name, &cache, &target, cacert.as_deref())
-                .with_context(|| format!("pulling {ref_name} from {url}"))?;
+            let outcome = crate::pull::pull(
+                &url,
+                &ref_name,
+                &cache,
+                &target,
+                cacert.as_deref(),
+                Duration::from_secs(timeout),
+            )
+            .with_context(|| format!("pulling {ref_name} from {url}"))?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &outcome)?;
                 writeln!(stdout)?;
@@ -401,13 +441,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 writeln!(stdout, "Date:    {}", timefmt::format(e.commit.timestamp))?;
                 if let Some(v) = e.commit.version() {
-                    writeln!(stdout, "Version: {v}")?;
+                    writeln!(stdout, "Version: {}", printable(v))?;
                 }
-                writeln!(stdout, "\n    {}", e.commit.subject)?;
+                writeln!(stdout, "\n    {}", printable(&e.commit.subject))?;
                 if !e.commit.body.is_empty() {
                     writeln!(stdout)?;
                     for line in e.commit.body.lines() {
-                        writeln!(stdout, "    {line}")?;
+                        writeln!(stdout, "    {}", printable(line))?;
                     }
                 }
                 writeln!(stdout)?;
@@ -821,6 +861,18 @@ fn send_early_error(code: crate::protocol::ErrorCode, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_from_others_is_printed_without_control_characters() {
+        assert_eq!(
+            printable("release 1.2 \u{e9}t\u{e9}"),
+            "release 1.2 \u{e9}t\u{e9}"
+        );
+        assert_eq!(
+            printable("1.0\n\tfake\u{1b}]0;title\u{7}"),
+            "1.0\\n\\tfake\\u{1b}]0;title\\u{7}"
+        );
+    }
 
     #[test]
     fn sizes() {

@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use rayon::prelude::*;
 
@@ -40,6 +41,13 @@ const PARALLEL_REQUESTS: usize = 16;
 /// Objects published from the cache's transaction at a time, so that an
 /// interrupted pull keeps what it fetched.
 const PUBLISH_EVERY: usize = 512;
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, by default, the server may send nothing (in an answer or in
+/// the middle of a body) before the request fails.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// Redirects followed per request (as reqwest's default policy).
+const MAX_REDIRECTS: usize = 10;
 /// The largest summary read (ostree reads up to its metadata limit).
 const MAX_SUMMARY_SIZE: u64 = MAX_METADATA_SIZE;
 
@@ -169,8 +177,9 @@ impl Body {
 impl Remote {
     /// Prepares requests to `url` (http, https, or file with an absolute
     /// path); `cacert` adds a trusted certificate (PEM) to the system's
-    /// roots for https.
-    pub fn new(url: &str, cacert: Option<&Path>) -> Result<Remote, Error> {
+    /// roots for https. A request fails after `timeout` without a byte
+    /// from the server.
+    pub fn new(url: &str, cacert: Option<&Path>, timeout: Duration) -> Result<Remote, Error> {
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(Error::Local(format!(
@@ -189,7 +198,21 @@ impl Remote {
         }
         let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(PARALLEL_REQUESTS)
-            .connect_timeout(std::time::Duration::from_secs(30))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
+                if from_https && attempt.url().scheme() != "https" {
+                    let to = attempt.url().to_string();
+                    attempt.error(format!(
+                        "redirected from https to {to}; refusing to leave https"
+                    ))
+                } else if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+                } else {
+                    attempt.follow()
+                }
+            }))
             .user_agent(concat!("depot/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = cacert {
             let pem = std::fs::read(path)
@@ -650,6 +673,7 @@ pub fn pull(
     cache: &Path,
     target: &Target,
     cacert: Option<&Path>,
+    timeout: Duration,
 ) -> Result<Outcome, Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -661,7 +685,7 @@ pub fn pull(
     } else {
         Repo::init(cache)?
     };
-    let remote = Remote::new(url, cacert)?;
+    let remote = Remote::new(url, cacert, timeout)?;
     rt.block_on(async {
         let started = std::time::Instant::now();
         let (commit, commit_size) = remote.resolve(name).await?;
@@ -680,6 +704,18 @@ pub fn pull(
             )])
             .await?;
         let c = fetcher.tx.load_commit(&commit)?;
+        if !c.may_be_under(name.as_str()) {
+            let bound = c.ref_bindings().unwrap_or_default().join(", ");
+            return Err(Error::Invalid {
+                url: remote.url(&commit_name.relative_path()),
+                reason: format!(
+                    "ref {name} points to commit {commit}, which is bound to other refs ({bound}) \
+                     by its ostree.ref-binding: the server's refs were moved or swapped; \
+                     nothing was checked out",
+                    bound = if bound.is_empty() { "none" } else { &bound },
+                ),
+            });
+        }
         let checkout = match target {
             Target::Checkout(dest) => {
                 pull_checkout(&mut fetcher, &repo, c.root_tree, c.root_meta, dest).await

@@ -117,11 +117,23 @@ impl Commit {
         self.metadata_value("version").and_then(Value::as_str)
     }
 
-    /// The refs this commit is bound to (`ostree.ref-binding`).
+    /// The refs this commit is bound to (`ostree.ref-binding`), when it has
+    /// that key as an array of strings (of another type, ostree ignores it).
     pub fn ref_bindings(&self) -> Option<Vec<&str>> {
-        self.metadata_value(REF_BINDING_KEY)
-            .and_then(Value::as_array)
-            .map(|items| items.iter().filter_map(Value::as_str).collect())
+        match self.metadata_value(REF_BINDING_KEY)? {
+            Value::Array(Type::Str, items) => {
+                Some(items.iter().filter_map(Value::as_str).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this commit may be what ref `name` points to: as ostree pull
+    /// checks, a commit bound to refs must be bound to this one; a commit
+    /// without bindings may be under any ref.
+    pub fn may_be_under(&self, name: &str) -> bool {
+        self.ref_bindings()
+            .is_none_or(|bound| bound.contains(&name))
     }
 }
 
@@ -151,6 +163,20 @@ mod tests {
         assert_eq!(&b[0x78..], &[0x58, 0x2a, 0x29, 0x23, 0x23, 0x23]);
         assert_eq!(Commit::parse(&b), Ok(c.clone()));
         assert_eq!(c.ref_bindings(), Some(vec!["main"]));
+        assert!(c.may_be_under("main"));
+        assert!(!c.may_be_under("other"));
+        let unbound = Commit {
+            metadata: vec![],
+            ..c.clone()
+        };
+        assert!(unbound.may_be_under("other"));
+        // A binding of another type than `as` is ignored, as by ostree.
+        let odd = Commit {
+            metadata: vec![(REF_BINDING_KEY.into(), Value::str("main"))],
+            ..c
+        };
+        assert_eq!(odd.ref_bindings(), None);
+        assert!(odd.may_be_under("other"));
     }
 
     #[test]

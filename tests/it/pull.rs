@@ -349,12 +349,16 @@ fn https_with_a_private_ca_works_only_when_given_its_certificate() {
         ],
     );
     let port = free_port();
+    // The same repository over plain http, where /to-http/ redirects.
+    let plain = HttpServer::serve(&repo, tmp.path());
     let root = ok(Command::new("id").arg("-u")).trim() == "0";
     let conf = format!(
         "{user}\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{ worker_connections 64; }}\n\
          http {{ access_log off; client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f; \
          uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;\n  server {{ listen 127.0.0.1:{port} ssl; \
-         ssl_certificate {dir}/server.pem; ssl_certificate_key {dir}/server.key; root {repo}; }} }}\n",
+         ssl_certificate {dir}/server.pem; ssl_certificate_key {dir}/server.key; root {repo}; \
+         location ~ ^/to-http/(.*)$ {{ return 302 {plain}/$1; }} }} }}\n",
+        plain = plain.url,
         user = if root { "user root;" } else { "" },
         dir = tls.display(),
         repo = repo.display(),
@@ -390,6 +394,15 @@ fn https_with_a_private_ca_works_only_when_given_its_certificate() {
         .arg("--cacert")
         .arg(&ca));
     assert_same_tree(&tree, &tmp.path().join("co"), depot_default(tmp.path()));
+    // A redirect from https to plain http is not followed, though the
+    // repository is there.
+    assert!(ok(depot().args(["ls", &plain.url])).starts_with("proj/x\t"));
+    let err = fails(
+        depot()
+            .args(["ls", &format!("{url}/to-http"), "--cacert"])
+            .arg(&ca),
+    );
+    assert!(err.contains("refusing to leave https"), "{err}");
     let _ = server.kill();
     let _ = server.wait();
 }
@@ -437,5 +450,76 @@ fn a_file_url_reads_a_local_repository_as_a_server_would_serve_it() {
     assert!(
         err.contains("absolute") && err.contains("file:///"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_fails_after_the_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    // Accepts connections and holds them open, silent.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = fails(depot().args(["ls", &url, "--timeout", "2"]));
+    let took = started.elapsed();
+    assert!(err.contains(&format!("{url}/summary")), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "gave up only after {took:?}"
+    );
+}
+
+#[test]
+fn a_ref_moved_to_a_commit_bound_to_another_ref_is_refused_as_ostree_refuses_it() {
+    let tmp = tempdir();
+    let (repo, _) = served_repo(tmp.path());
+    let old_tree = tmp.path().join("old-tree");
+    fs::create_dir_all(&old_tree).expect("mkdir");
+    fs::write(old_tree.join("app"), "old, vulnerable\n").expect("write");
+    ok(depot()
+        .args(["push", "--no-progress", "--to"])
+        .arg(&repo)
+        .args(["--ref", "proj/old", "-s", "old"])
+        .arg(&old_tree));
+    // Someone who can move refs on the server, but not sign or make
+    // commits, points proj/x at the old commit (bound to proj/old).
+    let old = read_ref(&repo, "proj/old");
+    fs::write(repo.join("refs/heads/proj/x"), format!("{old}\n")).expect("swap");
+    ok(Command::new(env!("CARGO_BIN_EXE_depot-summary"))
+        .args(["--force", "--repo"])
+        .arg(&repo)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state")));
+    let server = HttpServer::serve(&repo, tmp.path());
+    let cache = tmp.path().join("cache");
+
+    let err = fails(pull(&server.url, "proj/x", &cache).arg(tmp.path().join("co")));
+    assert!(
+        err.contains("bound to other refs (proj/old)") && err.contains(&old),
+        "{err}"
+    );
+    assert!(!tmp.path().join("co").exists());
+    let err = fails(
+        pull(&server.url, "proj/x", &cache)
+            .args(["--path", "/app", "-o"])
+            .arg(tmp.path().join("app")),
+    );
+    assert!(err.contains("bound to other refs"), "{err}");
+    assert!(!tmp.path().join("app").exists());
+
+    // The real ostree refuses the same pull; the unmoved ref pulls.
+    let client = ostree_client(&tmp.path().join("ostree"), "bare-user", &server.url);
+    let err = fails(ostree_in(&client).args(["pull", "origin", "proj/x"]));
+    assert!(err.contains("ref binding"), "{err}");
+    ok(pull(&server.url, "proj/old", &cache).arg(tmp.path().join("old")));
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("old/app")).expect("read"),
+        "old, vulnerable\n"
     );
 }

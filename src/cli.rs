@@ -5,7 +5,7 @@
 //! 2 bad usage.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -466,12 +466,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             let c = repo.resolve(&rev)?;
             match output {
                 Some(o) => {
-                    let mut out = read::output(&o)?;
-                    read::cat(&repo, &c, &path, &mut out)?;
-                    out.flush()?;
+                    let mut out = read::Output::create(&o)?;
+                    let name = out.path().to_path_buf();
+                    read::cat(&repo, &c, &path, &mut out, &name)?;
+                    out.finish()?;
                 }
                 None => {
-                    read::cat(&repo, &c, &path, &mut stdout)?;
+                    read::cat(&repo, &c, &path, &mut stdout, Path::new("standard output"))?;
                 }
             }
         }

@@ -697,6 +697,15 @@ pub fn pull(
             fetched: Arc::new(AtomicU64::new(0)),
         };
         let commit_name = ObjectName::new(commit, ObjectType::Commit);
+        // As ostree pull does, the cache marks a commit partial until all
+        // it needs is there, so that `ostree fsck` of the cache (and depot
+        // fsck) skip a commit that a --path pull or a killed pull left.
+        let partial = repo.path().join(format!("state/{commit}.commitpartial"));
+        let complete = repo.has_object(&commit_name) && !partial.exists();
+        if !complete {
+            std::fs::File::create(&partial)
+                .map_err(|e| Error::Local(format!("create {}: {e}", partial.display())))?;
+        }
         fetcher
             .fetch_all(vec![(
                 commit_name,
@@ -720,7 +729,9 @@ pub fn pull(
             Target::Checkout(dest) => {
                 pull_checkout(&mut fetcher, &repo, c.root_tree, c.root_meta, dest).await
             }
-            Target::File { path, .. } => fetch_path(&mut fetcher, &c, path).await.map(|()| None),
+            Target::File { path, .. } => fetch_path(&mut fetcher, &repo, &c, path)
+                .await
+                .map(|()| None),
         };
         // What was verified stays in the cache even when the pull failed, so
         // that the next one resumes.
@@ -728,11 +739,15 @@ pub fn pull(
         let published = publish(fetcher);
         let checkout = checkout?;
         published?;
+        if checkout.is_some() && !complete {
+            std::fs::remove_file(&partial)
+                .map_err(|e| Error::Local(format!("remove {}: {e}", partial.display())))?;
+        }
         if let Target::File { path, out } = target {
-            let mut w = read::output(out)?;
-            read::cat(&repo, &commit, path, &mut w)?;
-            std::io::Write::flush(&mut w)
-                .map_err(|e| Error::Local(format!("write {}: {e}", out.display())))?;
+            let mut w = read::Output::create(out)?;
+            let name = w.path().to_path_buf();
+            read::cat(&repo, &commit, path, &mut w, &name)?;
+            w.finish()?;
         }
         tracing::info!("pulled in {:.2?}", started.elapsed());
         Ok(Outcome {
@@ -960,6 +975,7 @@ fn load_tree(fetcher: &Fetcher, tree: &Checksum) -> Result<DirTree, Error> {
 /// Fetches only what lies on `path`: the dirtrees down to it and the file.
 async fn fetch_path(
     fetcher: &mut Fetcher,
+    repo: &Repo,
     commit: &crate::object::Commit,
     path: &str,
 ) -> Result<(), Error> {
@@ -977,9 +993,21 @@ async fn fetch_path(
             .await?;
         let t = load_tree(fetcher, &tree)?;
         if let Some(f) = t.file(part).filter(|_| i + 1 == parts.len()) {
-            return fetcher
-                .fetch_all(vec![(ObjectName::new(*f, ObjectType::File), None)])
-                .await;
+            let name = ObjectName::new(*f, ObjectType::File);
+            // As in a checkout, a damaged cached object is fetched again.
+            if repo.has_object(&name)
+                && let Err(e @ repo::Error::CorruptObject { .. }) =
+                    repo.open_content(f).and_then(|mut r| {
+                        r.verify_to_end().map_err(|e| repo::Error::CorruptObject {
+                            name,
+                            reason: e.to_string(),
+                        })
+                    })
+            {
+                tracing::warn!("{}; fetching it again", crate::error_chain(&e));
+                let _ = std::fs::remove_file(repo.object_path(&name));
+            }
+            return fetcher.fetch_all(vec![(name, None)]).await;
         }
         let Some(d) = t.dir(part) else {
             return Err(Error::Local(format!(

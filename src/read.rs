@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::checksum::Checksum;
 use crate::object::{Commit, DirMeta, FileHeader, ObjectName, ObjectType, Xattrs};
-use crate::repo::{self, PayloadSink, Repo};
+use crate::repo::{self, ContentReader, PayloadSink, Repo};
 
 /// Errors of reading commits.
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +162,17 @@ pub fn lookup(repo: &Repo, commit: &Checksum, path: &str) -> Result<Entry, Error
     Ok(current)
 }
 
-/// Writes the content of the regular file at `path` in `commit` to `out`,
-/// verified. Returns the number of bytes written.
-pub fn cat(repo: &Repo, commit: &Checksum, path: &str, out: &mut impl Write) -> Result<u64, Error> {
+/// Writes the content of the regular file at `path` in `commit` to `out`
+/// (named `out_name` in errors), verified: the object is checked when its
+/// end is read, so `out` has had every byte by then (see [`Output`]).
+/// Returns the number of bytes written.
+pub fn cat(
+    repo: &Repo,
+    commit: &Checksum,
+    path: &str,
+    out: &mut impl Write,
+    out_name: &Path,
+) -> Result<u64, Error> {
     match lookup(repo, commit, path)? {
         Entry::Dir { .. } => Err(Error::NotAFile {
             path: path.into(),
@@ -180,8 +188,43 @@ pub fn cat(repo: &Repo, commit: &Checksum, path: &str, out: &mut impl Write) -> 
                     what: format!("a symlink to {:?}", reader.header().symlink_target),
                 });
             }
-            io::copy(&mut reader, out).map_err(io_err("write", Path::new("standard output")))
+            copy_content(repo, &c, &mut reader, |data| {
+                out.write_all(data).map_err(io_err("write", out_name))
+            })
         }
+    }
+}
+
+/// Passes the content object `checksum`'s payload from `reader` to `write`,
+/// a chunk at a time; fails with [`repo::Error::CorruptObject`] when the
+/// object turns out damaged (the read that reaches its end verifies it).
+/// Returns the bytes passed.
+fn copy_content(
+    repo: &Repo,
+    checksum: &Checksum,
+    reader: &mut ContentReader,
+    mut write: impl FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let name = ObjectName::new(*checksum, ObjectType::File);
+    let mut buf =
+        vec![0u8; usize::try_from(reader.size()).map_or(COPY_CHUNK, |n| n.clamp(1, COPY_CHUNK))];
+    let mut copied = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The reader's verdict on the object itself.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(Error::Repo(repo::Error::CorruptObject {
+                    name,
+                    reason: e.to_string(),
+                }));
+            }
+            Err(e) => return Err(io_err("read", &repo.object_path(&name))(e)),
+        };
+        write(&buf[..n])?;
+        copied += n as u64;
     }
 }
 
@@ -357,33 +400,7 @@ impl Checkout {
         let mut reader = repo.open_content(checksum)?;
         let mut sink = self.sink(paths);
         sink.start(reader.header(), reader.size())?;
-        let mut buf = vec![
-            0u8;
-            usize::try_from(reader.size())
-                .map_or(COPY_CHUNK, |n| n.clamp(1, COPY_CHUNK))
-        ];
-        loop {
-            // The read that reaches the end verifies the object.
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The reader's verdict on the object itself.
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return Err(Error::Repo(repo::Error::CorruptObject {
-                        name: ObjectName::new(*checksum, ObjectType::File),
-                        reason: e.to_string(),
-                    }));
-                }
-                Err(e) => {
-                    return Err(io_err(
-                        "read",
-                        &repo.object_path(&ObjectName::new(*checksum, ObjectType::File)),
-                    )(e));
-                }
-            };
-            sink.write(&buf[..n])?;
-        }
+        copy_content(repo, checksum, &mut reader, |data| Ok(sink.write(data)?))?;
         sink.finish()
     }
 
@@ -748,13 +765,86 @@ fn walk_closure(
     }
 }
 
-/// Opens a file for writing output (a `-o` option): `-` is standard output.
-pub fn output(path: &Path) -> Result<Box<dyn Write>, Error> {
-    if path == Path::new("-") {
-        Ok(Box::new(io::stdout().lock()))
-    } else {
-        Ok(Box::new(
-            File::create(path).map_err(io_err("create", path))?,
-        ))
+/// Where `-o OUT` output goes. `-` is standard output, which has whatever
+/// was written when a failure is found. A file is written beside OUT under a
+/// hidden temporary name and takes OUT's place only in [`Output::finish`],
+/// so a failure leaves an existing OUT as it was and no partial file. What
+/// is not a regular file (`/dev/null`, a fifo, a symlink) is written to in
+/// place.
+pub struct Output {
+    path: PathBuf,
+    to: OutputTo,
+}
+
+enum OutputTo {
+    Stdout(io::StdoutLock<'static>),
+    InPlace(File),
+    Replacing(tempfile::NamedTempFile),
+}
+
+impl Output {
+    /// Opens `path` for output.
+    pub fn create(path: &Path) -> Result<Output, Error> {
+        let to = if path == Path::new("-") {
+            OutputTo::Stdout(io::stdout().lock())
+        } else if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+            OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
+        } else {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let prefix = format!(
+                ".{}.depot-",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            let temp = tempfile::Builder::new()
+                .prefix(&prefix)
+                .permissions(fs::Permissions::from_mode(0o666))
+                .tempfile_in(dir)
+                .map_err(io_err("create a temporary file in", dir))?;
+            OutputTo::Replacing(temp)
+        };
+        Ok(Output {
+            path: path.to_path_buf(),
+            to,
+        })
+    }
+
+    /// Where output goes, for messages.
+    pub fn path(&self) -> &Path {
+        if matches!(self.to, OutputTo::Stdout(_)) {
+            Path::new("standard output")
+        } else {
+            &self.path
+        }
+    }
+
+    /// Flushes, and puts a file in OUT's place.
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.flush().map_err(io_err("write", &self.path))?;
+        if let OutputTo::Replacing(temp) = self.to {
+            temp.persist(&self.path)
+                .map_err(|e| io_err("rename a temporary file to", &self.path)(e.error))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.to {
+            OutputTo::Stdout(w) => w.write(buf),
+            OutputTo::InPlace(w) => w.write(buf),
+            OutputTo::Replacing(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.to {
+            OutputTo::Stdout(w) => w.flush(),
+            OutputTo::InPlace(w) => w.flush(),
+            OutputTo::Replacing(w) => w.flush(),
+        }
     }
 }

@@ -523,3 +523,83 @@ fn a_ref_moved_to_a_commit_bound_to_another_ref_is_refused_as_ostree_refuses_it(
         "old, vulnerable\n"
     );
 }
+
+/// The names in `dir`.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched_again() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    let server = HttpServer::serve(&repo, tmp.path());
+    let cache = tmp.path().join("cache");
+    let outs = tmp.path().join("outs");
+    fs::create_dir_all(&outs).expect("mkdir");
+    let out = outs.join("big.bin");
+    fs::write(&out, "precious\n").expect("write");
+    let get = |path: &str| {
+        let mut c = pull(&server.url, "proj/x", &cache);
+        c.args(["--path", path, "-o"]).arg(&out);
+        c
+    };
+
+    // Not a regular file: refused, and OUT is as it was.
+    let err = fails(get("/link-rel"));
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(fs::read_to_string(&out).expect("read"), "precious\n");
+    assert_eq!(names_in(&outs), ["big.bin"]);
+
+    ok(get("/data/big.bin"));
+    let want = fs::read(tree.join("data/big.bin")).expect("read");
+    assert!(fs::read(&out).expect("read") == want);
+    assert_eq!(names_in(&outs), ["big.bin"]);
+
+    // The cached copy damaged: `depot cat` of it from the cache fails and
+    // leaves no file; the pull fetches it again.
+    let (damaged, _) = damage_a_content_object(&cache);
+    let rel = damaged
+        .strip_prefix(cache.join("objects"))
+        .expect("in objects");
+    let hex = format!(
+        "{}{}",
+        rel.parent().expect("dir").display(),
+        rel.file_stem().expect("stem").to_string_lossy()
+    );
+    let cat_out = outs.join("cat.bin");
+    let err = fails(
+        depot()
+            .args(["cat", "--repo"])
+            .arg(&cache)
+            .args([&read_ref(&repo, "proj/x"), "/data/big.bin", "-o"])
+            .arg(&cat_out),
+    );
+    assert!(err.contains("corrupt") && err.contains(&hex), "{err}");
+    assert_eq!(names_in(&outs), ["big.bin"]);
+    fs::write(&out, "precious\n").expect("write");
+    ok(get("/data/big.bin"));
+    assert!(fs::read(&out).expect("read") == want);
+    assert_eq!(names_in(&outs), ["big.bin"]);
+    // The cache holds the good copy now, and marks the commit partial, as
+    // ostree does, so that fsck does not look for the rest of its tree.
+    let commit = read_ref(&repo, "proj/x");
+    ok(depot()
+        .args(["cat", "--repo"])
+        .arg(&cache)
+        .args([&commit, "/data/big.bin", "-o"])
+        .arg(&cat_out));
+    assert!(fs::read(&cat_out).expect("read") == want);
+    assert!(cache.join(format!("state/{commit}.commitpartial")).exists());
+    ok(ostree_in(&cache).arg("fsck"));
+    ok(depot_in("fsck", &cache));
+    // A whole pull completes the commit.
+    ok(pull(&server.url, "proj/x", &cache).arg(tmp.path().join("co")));
+    assert!(!cache.join(format!("state/{commit}.commitpartial")).exists());
+    ok(ostree_in(&cache).arg("fsck"));
+}

@@ -59,6 +59,18 @@ pub enum Error {
         /// Where the limit was reached.
         path: String,
     },
+    /// A tree whose dirtrees repeat subtrees until it is too large to check
+    /// out.
+    #[error(
+        "tree {tree} expands to more than {MAX_CHECKOUT_ENTRIES} files and directories, \
+         the limit for one checkout (its dirtrees repeat subtrees); nothing was written"
+    )]
+    TooManyEntries {
+        /// The root dirtree.
+        tree: Checksum,
+        /// Its entries, counted up to just past the limit.
+        entries: u64,
+    },
     /// Checkout into a directory that is not empty.
     #[error("{path} already exists and is not empty; check out into a new directory")]
     DestinationExists {
@@ -69,6 +81,44 @@ pub enum Error {
 
 /// Deepest directory nesting followed (ostree's `OSTREE_MAX_RECURSION`).
 pub const MAX_TREE_DEPTH: usize = 256;
+
+/// The most files, symlinks and directories one checkout makes. A dirtree
+/// can name the same subtree many times, so a few small objects can stand
+/// for an exponentially large tree; a checkout keeps every path in memory.
+/// ostree has no such limit.
+pub const MAX_CHECKOUT_ENTRIES: u64 = 10_000_000;
+
+/// How many files, symlinks and directories the tree `tree` holds, below it
+/// and counting it; each distinct dirtree is read once. Stops counting past
+/// [`MAX_CHECKOUT_ENTRIES`].
+pub fn expanded_entries(repo: &Repo, tree: &Checksum) -> Result<u64, Error> {
+    fn count(
+        repo: &Repo,
+        tree: &Checksum,
+        depth: usize,
+        known: &mut HashMap<Checksum, u64>,
+    ) -> Result<u64, Error> {
+        if let Some(n) = known.get(tree) {
+            return Ok(*n);
+        }
+        if depth > MAX_TREE_DEPTH {
+            return Err(Error::TooDeep {
+                path: format!("a path below dirtree {tree}"),
+            });
+        }
+        let t = repo.load_dirtree(tree)?;
+        let mut n = 1 + t.files().len() as u64;
+        for d in t.dirs() {
+            n = n.saturating_add(count(repo, &d.tree, depth + 1, known)?);
+            if n > MAX_CHECKOUT_ENTRIES {
+                break;
+            }
+        }
+        known.insert(*tree, n);
+        Ok(n)
+    }
+    count(repo, tree, 0, &mut HashMap::new())
+}
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Io {
@@ -329,6 +379,10 @@ impl Checkout {
         dest: &Path,
         opts: CheckoutOptions,
     ) -> Result<Checkout, Error> {
+        let entries = expanded_entries(repo, &tree)?;
+        if entries > MAX_CHECKOUT_ENTRIES {
+            return Err(Error::TooManyEntries { tree, entries });
+        }
         match crate::destination(dest).map_err(io_err("read", dest))? {
             crate::Destination::NotEmpty => {
                 return Err(Error::DestinationExists {

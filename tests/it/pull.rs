@@ -603,3 +603,73 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
     assert!(!cache.join(format!("state/{commit}.commitpartial")).exists());
     ok(ostree_in(&cache).arg("fsck"));
 }
+
+#[test]
+fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anything_is_written() {
+    use depot::object::{Commit, DirMeta, DirTree, FileName, ObjectType, SubdirEntry, Xattrs};
+    let tmp = tempdir();
+    let path = tmp.path().join("repo");
+    let repo = depot::repo::Repo::init(&path).expect("init");
+    let tx = repo.begin().expect("begin");
+    let put = |kind, bytes: Vec<u8>| tx.write_metadata(kind, &bytes).expect("stage");
+    let name = |s: &str| FileName::new(s).expect("name");
+    let meta = put(
+        ObjectType::DirMeta,
+        DirMeta {
+            uid: 0,
+            gid: 0,
+            mode: 0o40755,
+            xattrs: Xattrs::default(),
+        }
+        .to_bytes(),
+    );
+    // Each level names the one below twice: 40 levels, 2^40 files, in 41
+    // dirtrees of a few hundred bytes.
+    let file = depot::checksum::Checksum::of(b"never fetched");
+    let mut tree = put(
+        ObjectType::DirTree,
+        DirTree::new(vec![(name("f"), file)], vec![])
+            .expect("tree")
+            .to_bytes(),
+    );
+    for _ in 0..40 {
+        let dirs = ["a", "b"]
+            .into_iter()
+            .map(|n| SubdirEntry {
+                name: name(n),
+                tree,
+                meta,
+            })
+            .collect();
+        tree = put(
+            ObjectType::DirTree,
+            DirTree::new(vec![], dirs).expect("tree").to_bytes(),
+        );
+    }
+    let commit = put(
+        ObjectType::Commit,
+        Commit {
+            metadata: Vec::new(),
+            parent: None,
+            related: Vec::new(),
+            subject: "bomb".into(),
+            body: String::new(),
+            timestamp: 1,
+            root_tree: tree,
+            root_meta: meta,
+        }
+        .to_bytes(),
+    );
+    tx.publish_unsynced().expect("publish");
+    fs::write(path.join("refs/heads/bomb"), format!("{commit}\n")).expect("ref");
+
+    let url = format!("file://{}", path.display());
+    let dest = tmp.path().join("co");
+    let err = fails(pull(&url, "bomb", &tmp.path().join("cache")).arg(&dest));
+    assert!(err.contains("expands to more than 10000000 files"), "{err}");
+    assert!(!dest.exists());
+    assert_eq!(names_in(tmp.path()), ["cache", "repo"]);
+    let err = fails(depot_in("checkout", &path).args(["bomb"]).arg(&dest));
+    assert!(err.contains("expands to more than 10000000 files"), "{err}");
+    assert!(!dest.exists());
+}

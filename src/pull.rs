@@ -499,6 +499,22 @@ impl Fetcher {
     /// Fetches every name in `names` the cache lacks; each object is verified
     /// as it streams and staged.
     async fn fetch_all(&self, names: Vec<(ObjectName, Option<u64>)>) -> Result<(), Error> {
+        // A damaged metadata object in the cache is dropped and fetched
+        // again, as damaged content is, instead of failing every pull.
+        let cache = self.tx.repo();
+        for (name, _) in &names {
+            if name.kind.is_metadata()
+                && cache.has_object(name)
+                && let Err(e @ repo::Error::CorruptObject { .. }) = cache.read_metadata(name)
+            {
+                tracing::warn!(
+                    "{} in the cache: {}; fetching it again",
+                    cache.object_path(name).display(),
+                    crate::error_chain(&e)
+                );
+                let _ = std::fs::remove_file(cache.object_path(name));
+            }
+        }
         let mut asked = HashSet::new();
         let jobs = names
             .into_iter()

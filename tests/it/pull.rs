@@ -673,3 +673,39 @@ fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anyth
     assert!(err.contains("expands to more than 10000000 files"), "{err}");
     assert!(!dest.exists());
 }
+
+#[test]
+fn damaged_metadata_in_the_cache_is_fetched_again() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    let server = HttpServer::serve(&repo, tmp.path());
+    let cache = tmp.path().join("cache");
+    ok(pull(&server.url, "proj/x", &cache).arg(tmp.path().join("co1")));
+    // One byte flipped in one object of each metadata kind.
+    let mut damaged = Vec::new();
+    for ext in ["commit", "dirtree", "dirmeta"] {
+        let path = walkdir::WalkDir::new(cache.join("objects"))
+            .into_iter()
+            .filter_map(Result::ok)
+            .find(|e| e.path().extension().is_some_and(|x| x == ext))
+            .expect("a metadata object")
+            .into_path();
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[0] ^= 0x01;
+        fs::write(&path, &bytes).expect("write");
+        damaged.push(path);
+    }
+    ok(pull(&server.url, "proj/x", &cache).arg(tmp.path().join("co2")));
+    assert_same_tree(&tree, &tmp.path().join("co2"), depot_default(tmp.path()));
+    ok(ostree_in(&cache).arg("fsck"));
+    let requested = object_requests(&server);
+    for path in &damaged {
+        let rel = path.strip_prefix(&cache).expect("in the cache");
+        let rel = rel.to_string_lossy();
+        assert_eq!(
+            requested.iter().filter(|r| **r == rel).count(),
+            2,
+            "{rel} fetched once by each pull"
+        );
+    }
+}

@@ -48,6 +48,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 /// Redirects followed per request (as reqwest's default policy).
 const MAX_REDIRECTS: usize = 10;
+/// Directories of `refs/heads/` listed, at most, when there is no summary.
+const MAX_REF_LISTINGS: usize = 1_000;
 /// The largest summary read (ostree reads up to its metadata limit).
 const MAX_SUMMARY_SIZE: u64 = MAX_METADATA_SIZE;
 
@@ -309,7 +311,18 @@ impl Remote {
         }
         let mut out = Vec::new();
         let mut dirs = vec![String::new()];
+        let mut listed = 0usize;
         while let Some(dir) = dirs.pop() {
+            listed += 1;
+            if listed > MAX_REF_LISTINGS {
+                return Err(Error::Invalid {
+                    url: self.url("refs/heads/"),
+                    reason: format!(
+                        "more than {MAX_REF_LISTINGS} directories of refs; \
+                         run depot-summary on the server so that clients read its summary"
+                    ),
+                });
+            }
             let path = format!("refs/heads/{dir}");
             let Some(entries) = self.list(&path).await? else {
                 if dir.is_empty() {
@@ -324,7 +337,11 @@ impl Remote {
             };
             for href in entries {
                 if let Some(sub) = href.strip_suffix('/') {
-                    dirs.push(format!("{dir}{sub}/"));
+                    // Only what could be part of a ref name, one level down.
+                    let below = format!("{dir}{sub}");
+                    if !sub.contains('/') && below.parse::<RefName>().is_ok() {
+                        dirs.push(format!("{below}/"));
+                    }
                 } else if let Ok(name) = format!("{dir}{href}").parse::<RefName>() {
                     let commit = self
                         .ref_file(&name)

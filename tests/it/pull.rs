@@ -709,3 +709,54 @@ fn damaged_metadata_in_the_cache_is_fetched_again() {
         );
     }
 }
+
+#[test]
+fn a_server_listing_endless_ref_directories_is_given_up_on() {
+    let tmp = tempdir();
+    // No summary; every listing shows two more directories (and one that
+    // climbs out), forever.
+    let script = tmp.path().join("endless.py");
+    fs::write(
+        &script,
+        r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if not self.path.startswith("/refs/heads/"):
+            self.send_error(404); return
+        body = b'<a href="a/">a/</a> <a href="b/">b/</a> <a href="a/../../x/">up</a>'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        sys.stderr.write(self.path + "\n")
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#,
+    )
+    .expect("script");
+    let port = free_port();
+    let log = tmp.path().join("requests.log");
+    let mut server = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .stderr(fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("python3");
+    wait_until(
+        "the listing server",
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let err = fails(depot().args(["ls", &format!("http://127.0.0.1:{port}")]));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(err.contains("more than 1000 directories of refs"), "{err}");
+    let requests = fs::read_to_string(&log).expect("log");
+    assert!(
+        requests.lines().count() <= 1_001 + 1,
+        "{}",
+        requests.lines().count()
+    );
+    assert!(!requests.contains(".."), "climbed out");
+}

@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use rayon::prelude::*;
@@ -245,7 +246,15 @@ impl Remote {
             Transport::Http(client) => client,
             Transport::File(root) => {
                 let file = root.join(path);
-                let open = std::fs::File::open(&file)
+                // Only regular files: opening a fifo would block, a device
+                // could do anything. O_NONBLOCK covers a swap after the check.
+                if std::fs::metadata(&file).is_ok_and(|m| !m.is_file()) {
+                    return Ok(None);
+                }
+                let open = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&file)
                     .and_then(|f| f.metadata().map(|m| (f, m.is_file(), m.len())));
                 return match open {
                     Ok((file, true, len)) => Ok(Some(Body::File {

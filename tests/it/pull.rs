@@ -430,9 +430,13 @@ fn a_file_url_reads_a_local_repository_as_a_server_would_serve_it() {
         .args(["checkout", "-U", "origin:proj/x"])
         .arg(&oco));
     assert_same_tree(&oco, &co, OSTREE_USER_MODE);
-    // Without a summary, the refs come from the directories.
+    // Without a summary, the refs come from the directories; a fifo in its
+    // place is not a summary either (and is not opened: that would block).
     fs::remove_file(repo.join("summary")).expect("rm");
     assert!(ok(depot().args(["ls", &url])).starts_with("proj/x\t"));
+    ok(Command::new("mkfifo").arg(repo.join("summary")));
+    assert!(ok(depot().args(["ls", &url])).starts_with("proj/x\t"));
+    fs::remove_file(repo.join("summary")).expect("rm");
     // Every object is verified, as from a server: a damaged one names its
     // path, and nothing is checked out.
     let (victim, _) = damage_a_content_object(&repo);

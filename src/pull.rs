@@ -19,10 +19,10 @@
 //! every object in it has been verified.
 
 use std::collections::HashSet;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use rayon::prelude::*;
@@ -898,9 +898,11 @@ async fn pull_checkout(
 
 /// Where a checkout is built.
 enum Building {
-    /// In a hidden sibling of the destination, removed unless renamed.
+    /// In a hidden sibling of the destination, removed unless renamed to
+    /// it (replacing it when it is an empty directory).
     Beside(repo::LockedDir),
-    /// In the destination, an existing empty directory.
+    /// In the destination, an empty directory that is a mount point (or
+    /// whose parent cannot be written), where a killed pull leaves files.
     InPlace,
 }
 
@@ -908,28 +910,37 @@ enum Building {
 /// where the checkout is built. Hidden siblings that killed pulls into the
 /// same destination left are removed first.
 fn checkout_target(dest: &Path) -> Result<Building, Error> {
-    match crate::destination(dest)
-        .map_err(|e| Error::Local(format!("read {}: {e}", dest.display())))?
-    {
-        crate::Destination::NotEmpty => Err(Error::Read(read::Error::DestinationExists {
+    use std::os::unix::fs::MetadataExt;
+    let state = crate::destination(dest)
+        .map_err(|e| Error::Local(format!("read {}: {e}", dest.display())))?;
+    if let crate::Destination::NotEmpty = state {
+        return Err(Error::Read(read::Error::DestinationExists {
             path: dest.to_path_buf(),
-        })),
-        crate::Destination::Empty => Ok(Building::InPlace),
-        crate::Destination::Missing => {
-            let parent = dest
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            if !parent.is_dir() {
-                return Err(Error::Local(format!(
-                    "{} is not a directory; create it first",
-                    parent.display()
-                )));
-            }
-            let name = dest
-                .file_name()
-                .ok_or_else(|| Error::Local(format!("{} names no directory", dest.display())))?;
-            let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
+        }));
+    }
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::Local(format!(
+            "{} is not a directory; create it first",
+            parent.display()
+        )));
+    }
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::Local(format!("{} names no directory", dest.display())))?;
+    let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
+    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    match state {
+        crate::Destination::Empty if device(dest) != device(parent) => Ok(Building::InPlace),
+        crate::Destination::Empty => {
+            repo::clean_abandoned(parent, &prefix);
+            Ok(repo::LockedDir::create(parent, &prefix, 0o700)
+                .map_or(Building::InPlace, Building::Beside))
+        }
+        _ => {
             repo::clean_abandoned(parent, &prefix);
             Ok(Building::Beside(repo::LockedDir::create(
                 parent, &prefix, 0o700,

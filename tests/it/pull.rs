@@ -224,8 +224,8 @@ fn a_lying_server_is_caught_nothing_is_checked_out_and_the_pull_resumes() {
         .filter(|e| e.file_name().to_string_lossy().contains("depot-pull"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // Into an existing empty directory (a mount point, say) the checkout is
-    // made in place, and a failure empties it again.
+    // An existing empty directory is replaced by the finished checkout, so a
+    // failure leaves it empty.
     let in_place = tmp.path().join("mounted");
     fs::create_dir(&in_place).expect("mkdir");
     fails(pull(&server.url, "proj/x", &tmp.path().join("cache3")).arg(&in_place));
@@ -763,4 +763,77 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
         requests.lines().count()
     );
     assert!(!requests.contains(".."), "climbed out");
+}
+
+#[test]
+fn a_pull_killed_midway_leaves_an_existing_empty_destination_empty() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    // Serves the repository, but holds back the one large object.
+    let script = tmp.path().join("slow.py");
+    fs::write(
+        &script,
+        r#"
+import http.server, os, sys, time, functools
+class H(http.server.SimpleHTTPRequestHandler):
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if path.endswith(".filez") and os.path.getsize(path) > 1000000:
+            sys.stderr.write("holding " + self.path + "\n"); sys.stderr.flush()
+            time.sleep(120)
+        return super().send_head()
+    def log_message(self, *a):
+        pass
+h = functools.partial(H, directory=sys.argv[2])
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), h).serve_forever()
+"#,
+    )
+    .expect("script");
+    let port = free_port();
+    let log = tmp.path().join("slow.log");
+    let mut server = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&repo)
+        .stderr(fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("python3");
+    wait_until(
+        "the slow server",
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let dest = tmp.path().join("out");
+    fs::create_dir(&dest).expect("mkdir");
+    let cache = tmp.path().join("cache");
+    let mut puller = pull(&format!("http://127.0.0.1:{port}"), "proj/x", &cache)
+        .arg(&dest)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("depot pull");
+    wait_until(
+        "the pull to reach the large object",
+        std::time::Duration::from_secs(60),
+        || fs::read_to_string(&log).is_ok_and(|l| l.contains("holding")),
+    );
+    // Other files have been written by now; none of them into DEST.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    puller.kill().expect("kill");
+    let _ = puller.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(names_in(&dest), Vec::<String>::new());
+
+    // The next pull (from an honest server) fills it and clears what the
+    // killed one left beside it.
+    let honest = HttpServer::serve(&repo, tmp.path());
+    ok(pull(&honest.url, "proj/x", &cache).arg(&dest));
+    assert_same_tree(&tree, &dest, depot_default(tmp.path()));
+    assert!(
+        !names_in(tmp.path())
+            .iter()
+            .any(|n| n.contains("depot-pull")),
+        "{:?}",
+        names_in(tmp.path())
+    );
 }

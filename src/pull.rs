@@ -655,7 +655,7 @@ async fn fetch_one(
             reason: crate::error_chain(&e),
         },
     };
-    let mut obj = tx.begin_object(name, size, limit).map_err(bad)?;
+    let mut obj = tx.begin_fetched_object(name, size, limit).map_err(bad)?;
     while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
         url: url.clone(),
         reason,

@@ -145,19 +145,21 @@ fn invalid(name: ObjectName, reason: impl Into<String>) -> Error {
 
 impl<'t> IncomingObject<'t> {
     /// Starts receiving `name`, whose stored form is `declared` bytes; its
-    /// stored and content sizes may not exceed `max_size`.
+    /// stored and content sizes may not exceed `max_size`, nor a metadata
+    /// object's `metadata_limit(kind)`.
     pub(super) fn begin(
         tx: &'t Transaction,
         name: ObjectName,
         declared: u64,
         max_size: u64,
+        metadata_limit: fn(ObjectType) -> u64,
     ) -> Result<Self, Error> {
         let limit = match name.kind {
             ObjectType::File => max_size,
             ObjectType::TombstoneCommit => {
                 return Err(invalid(name, "tombstone commits cannot be pushed"));
             }
-            kind => max_size.min(max_pushed_metadata(kind)),
+            kind => max_size.min(metadata_limit(kind)),
         };
         if declared > limit {
             return Err(Error::Rejected(Rejected::TooLarge {

@@ -273,7 +273,22 @@ impl Transaction {
         size: u64,
         max_size: u64,
     ) -> Result<IncomingObject<'_>, Error> {
-        IncomingObject::begin(self, name, size, max_size)
+        IncomingObject::begin(self, name, size, max_size, super::max_pushed_metadata)
+    }
+
+    /// Like [`Transaction::begin_object`] for an object fetched from a
+    /// repository rather than pushed: metadata may be as large as ostree
+    /// reads ([`crate::object::MAX_METADATA_SIZE`]), for a repository that
+    /// ostree wrote may hold directories of hundreds of thousands of entries.
+    pub fn begin_fetched_object(
+        &self,
+        name: ObjectName,
+        size: u64,
+        max_size: u64,
+    ) -> Result<IncomingObject<'_>, Error> {
+        IncomingObject::begin(self, name, size, max_size, |_| {
+            crate::object::MAX_METADATA_SIZE
+        })
     }
 
     pub(super) fn stage_verified_metadata(

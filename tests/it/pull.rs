@@ -837,3 +837,75 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), h).serve_foreve
         names_in(tmp.path())
     );
 }
+
+#[test]
+fn a_directory_too_large_for_a_push_but_not_for_ostree_still_pulls() {
+    use depot::object::{Commit, DirMeta, DirTree, FileName, ObjectType, SubdirEntry, Xattrs};
+    let tmp = tempdir();
+    // One real content object, from a pushed tree.
+    let (path, _) = served_repo(tmp.path());
+    let repo = depot::repo::Repo::open(&path).expect("open");
+    let shown = repo
+        .load_commit(&read_ref(&path, "proj/x").parse().expect("checksum"))
+        .expect("commit");
+    let shown = repo.load_dirtree(&shown.root_tree).expect("tree");
+    let (_, hello) = shown
+        .files()
+        .iter()
+        .find(|(n, _)| n.as_str() == "hello.txt")
+        .expect("hello.txt");
+    // A directory of 300,000 names for it: a dirtree of about 13 MiB, over
+    // what depot-receive takes (10 MiB) and under ostree's 128 MiB.
+    let tx = repo.begin().expect("begin");
+    let put = |kind, bytes: Vec<u8>| tx.write_metadata(kind, &bytes).expect("stage");
+    let files: Vec<(FileName, depot::checksum::Checksum)> = (0..300_000)
+        .map(|i| (FileName::new(&format!("f{i:06}")).expect("name"), *hello))
+        .collect();
+    let big = DirTree::new(files, vec![]).expect("tree").to_bytes();
+    assert!(big.len() > 10 << 20, "{}", big.len());
+    let big = put(ObjectType::DirTree, big);
+    let meta = put(
+        ObjectType::DirMeta,
+        DirMeta {
+            uid: 0,
+            gid: 0,
+            mode: 0o40755,
+            xattrs: Xattrs::default(),
+        }
+        .to_bytes(),
+    );
+    let root = DirTree::new(
+        vec![],
+        vec![SubdirEntry {
+            name: FileName::new("big").expect("name"),
+            tree: big,
+            meta,
+        }],
+    )
+    .expect("tree");
+    let root = put(ObjectType::DirTree, root.to_bytes());
+    let commit = put(
+        ObjectType::Commit,
+        Commit {
+            metadata: Vec::new(),
+            parent: None,
+            related: Vec::new(),
+            subject: "big directory".into(),
+            body: String::new(),
+            timestamp: 1,
+            root_tree: root,
+            root_meta: meta,
+        }
+        .to_bytes(),
+    );
+    tx.publish_unsynced().expect("publish");
+    fs::write(path.join("refs/heads/wide"), format!("{commit}\n")).expect("ref");
+    fs::remove_file(path.join("summary")).expect("no summary: refs from refs/heads");
+
+    let url = format!("file://{}", path.display());
+    let out = tmp.path().join("one");
+    ok(pull(&url, "wide", &tmp.path().join("cache"))
+        .args(["--path", "/big/f299999", "-o"])
+        .arg(&out));
+    assert_eq!(fs::read_to_string(&out).expect("read"), "hello\n");
+}

@@ -118,6 +118,33 @@ fn many_cheap_values_of_a_wide_type_are_refused_quickly() {
 }
 
 #[test]
+fn a_value_that_would_take_far_more_memory_than_its_size_is_refused() {
+    // A million booleans in a variant: a megabyte that would decode into
+    // 48 MB of values.
+    let many = Value::variant(Value::Array(Type::Bool, vec![Value::Bool(true); 1_000_000]));
+    assert_eq!(
+        from_normal_bytes(&Type::Variant, &to_bytes(&many)),
+        Err(DecodeError::TooExpensive)
+    );
+    // A thousand still decode, as does a summary-like array of a million
+    // bytes' worth of strings.
+    let few = Value::variant(Value::Array(Type::Bool, vec![Value::Bool(true); 1_000]));
+    assert_eq!(from_normal_bytes(&Type::Variant, &to_bytes(&few)), Ok(few));
+    let names = Value::Array(
+        Type::Str,
+        (0..100_000)
+            .map(|i| Value::string(format!("ref/{i:05}")))
+            .collect(),
+    );
+    let bytes = to_bytes(&names);
+    assert!(bytes.len() > 1_000_000);
+    assert_eq!(
+        from_normal_bytes(&Type::Array(Box::new(Type::Str)), &bytes),
+        Ok(names)
+    );
+}
+
+#[test]
 fn signatures_follow_glib() {
     // GLib's is_signature: no maybe types, no length limit.
     assert!(from_normal_bytes(&Type::Signature, b"(mi)\0").is_err());

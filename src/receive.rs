@@ -708,6 +708,18 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
             ),
             other => other.into(),
         })?;
+        if !commit.may_be_under(u.name.as_str()) {
+            return Err(Failure::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "commit {} is bound to ref(s) {} by its ostree.ref-binding, not {}: \
+                     ostree pull would refuse it under that name; push it to a ref it is bound to",
+                    u.new,
+                    commit.ref_bindings().unwrap_or_default().join(", "),
+                    u.name
+                ),
+            ));
+        }
         let closure = Instant::now();
         tx.check_closure(&u.new)?;
         tracing::info!("closure of {} checked in {:.2?}", u.new, closure.elapsed());

@@ -766,3 +766,47 @@ async fn every_push_leaves_an_audit_record() {
     assert_eq!(lines[1]["objects"], missing.len() as u64);
     assert!(state.join("refs-changed").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_bound_to_another_ref_is_refused_and_nothing_is_published() {
+    let s = setup();
+    let tree = s.dir.join("bound-tree");
+    fs::create_dir_all(&tree).expect("mkdir");
+    fs::write(tree.join("a"), "1").expect("write");
+    let opts = commit::Options {
+        ref_name: Some(r("release/1")),
+        bind: true,
+        subject: "s".into(),
+        timestamp: Some(1_600_000_000),
+        ..commit::Options::default()
+    };
+    let bound = commit::commit_dir(&s.scratch, &tree, &opts)
+        .expect("commit")
+        .commit;
+
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "main", None, bound).await;
+    for (n, d) in &missing {
+        c.send_object(n, d).await;
+    }
+    c.send(Message::Done {}).await;
+    let (code, message) = c.error().await;
+    assert_eq!(code, ErrorCode::Forbidden, "{message}");
+    assert!(
+        message.contains("bound to ref(s) release/1") && message.contains("not main"),
+        "{message}"
+    );
+    assert!(object_files(&s.server).is_empty(), "objects were published");
+    assert!(!s.server.join("refs/heads/main").exists());
+
+    // Under the ref it is bound to, it lands, and ostree pulls it from there.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "release/1", None, bound).await;
+    for (n, d) in &missing {
+        c.send_object(n, d).await;
+    }
+    c.send(Message::Done {}).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
+    assert_eq!(read_ref(&s.server, "release/1"), bound.to_string());
+    ok(ostree_in(&s.server).arg("fsck"));
+}

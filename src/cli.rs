@@ -250,26 +250,6 @@ pub struct PushArgs {
     args: Vec<String>,
 }
 
-/// `text` (a subject, a version: whatever a pusher or a server wrote) with
-/// control characters escaped, so that it cannot move the cursor, retitle
-/// the terminal or add rows and columns to tab-separated output.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
-    }
-}
-
 fn parse_parent(s: &str) -> Result<Parent, String> {
     match s {
         "auto" => Ok(Parent::Auto),
@@ -355,7 +335,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                             "{}\t{}\t{time}\t{}",
                             r.name,
                             r.commit,
-                            printable(&r.version.unwrap_or_default())
+                            crate::printable(&r.version.unwrap_or_default())
                         )?;
                     }
                 }
@@ -378,7 +358,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                             stdout,
                             "{name}\t{c}\t{}\t{}",
                             timefmt::format(commit.timestamp),
-                            printable(&commit.subject)
+                            crate::printable(&commit.subject)
                         )?;
                     }
                 }
@@ -441,13 +421,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 writeln!(stdout, "Date:    {}", timefmt::format(e.commit.timestamp))?;
                 if let Some(v) = e.commit.version() {
-                    writeln!(stdout, "Version: {}", printable(v))?;
+                    writeln!(stdout, "Version: {}", crate::printable(v))?;
                 }
-                writeln!(stdout, "\n    {}", printable(&e.commit.subject))?;
+                writeln!(stdout, "\n    {}", crate::printable(&e.commit.subject))?;
                 if !e.commit.body.is_empty() {
                     writeln!(stdout)?;
                     for line in e.commit.body.lines() {
-                        writeln!(stdout, "    {}", printable(line))?;
+                        writeln!(stdout, "    {}", crate::printable(line))?;
                     }
                 }
                 writeln!(stdout)?;
@@ -866,13 +846,14 @@ mod tests {
     #[test]
     fn text_from_others_is_printed_without_control_characters() {
         assert_eq!(
-            printable("release 1.2 \u{e9}t\u{e9}"),
+            crate::printable("release 1.2 \u{e9}t\u{e9}"),
             "release 1.2 \u{e9}t\u{e9}"
         );
         assert_eq!(
-            printable("1.0\n\tfake\u{1b}]0;title\u{7}"),
+            crate::printable("1.0\n\tfake\u{1b}]0;title\u{7}"),
             "1.0\\n\\tfake\\u{1b}]0;title\\u{7}"
         );
+        assert_eq!(crate::printable("v1\u{202e}txt.exe"), "v1\\u{202e}txt.exe");
     }
 
     #[test]

@@ -45,6 +45,30 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// `text` (a subject, a version, a ref binding: whatever a pusher or a
+/// server wrote) with control characters and invisible direction or
+/// zero-width marks escaped, so that it cannot move the cursor, retitle the
+/// terminal, reorder what is shown or add rows and columns to tab-separated
+/// output.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    }
+    if !text.chars().any(hidden) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 /// Renders an error with its causes, `outer: inner: innermost`, for places
 /// that keep an error as text (fsck reports, protocol error frames).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

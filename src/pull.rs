@@ -51,6 +51,8 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 const MAX_REDIRECTS: usize = 10;
 /// Directories of `refs/heads/` listed, at most, when there is no summary.
 const MAX_REF_LISTINGS: usize = 1_000;
+/// Refs read, at most, from `refs/heads/` listings when there is no summary.
+const MAX_LISTED_REFS: usize = 100_000;
 /// The largest summary read (ostree reads up to its metadata limit).
 const MAX_SUMMARY_SIZE: u64 = MAX_METADATA_SIZE;
 
@@ -321,16 +323,18 @@ impl Remote {
         let mut out = Vec::new();
         let mut dirs = vec![String::new()];
         let mut listed = 0usize;
+        // A listing may name an entry twice; each is asked for once.
+        let mut seen = HashSet::new();
+        let too_many = |what: String| Error::Invalid {
+            url: self.url("refs/heads/"),
+            reason: format!(
+                "more than {what}; run depot-summary on the server so that clients read its summary"
+            ),
+        };
         while let Some(dir) = dirs.pop() {
             listed += 1;
             if listed > MAX_REF_LISTINGS {
-                return Err(Error::Invalid {
-                    url: self.url("refs/heads/"),
-                    reason: format!(
-                        "more than {MAX_REF_LISTINGS} directories of refs; \
-                         run depot-summary on the server so that clients read its summary"
-                    ),
-                });
+                return Err(too_many(format!("{MAX_REF_LISTINGS} directories of refs")));
             }
             let path = format!("refs/heads/{dir}");
             let Some(entries) = self.list(&path).await? else {
@@ -345,6 +349,9 @@ impl Remote {
                 continue;
             };
             for href in entries {
+                if !seen.insert(format!("{dir}{href}")) {
+                    continue;
+                }
                 if let Some(sub) = href.strip_suffix('/') {
                     // Only what could be part of a ref name, one level down.
                     let below = format!("{dir}{sub}");
@@ -352,6 +359,9 @@ impl Remote {
                         dirs.push(format!("{below}/"));
                     }
                 } else if let Ok(name) = format!("{dir}{href}").parse::<RefName>() {
+                    if out.len() >= MAX_LISTED_REFS {
+                        return Err(too_many(format!("{MAX_LISTED_REFS} refs")));
+                    }
                     let commit = self
                         .ref_file(&name)
                         .await?
@@ -432,7 +442,8 @@ impl Remote {
             reason,
         };
         let ty = Type::parse("(a(s(taya{sv}))a{sv})").expect("a valid type string");
-        let v = gvariant::from_normal_bytes(&ty, &bytes)
+        let units = bytes.len() / 2 + 1024;
+        let v = gvariant::from_normal_bytes_within(&ty, &bytes, units)
             .map_err(|e| invalid(format!("not a valid summary: {e}")))?;
         let refs = v
             .as_tuple()
@@ -756,7 +767,8 @@ pub fn pull(
             .await?;
         let c = fetcher.tx.load_commit(&commit)?;
         if !c.may_be_under(name.as_str()) {
-            let bound = c.ref_bindings().unwrap_or_default().join(", ");
+            let bound =
+                crate::printable(&c.ref_bindings().unwrap_or_default().join(", ")).into_owned();
             return Err(Error::Invalid {
                 url: remote.url(&commit_name.relative_path()),
                 reason: format!(
@@ -782,8 +794,13 @@ pub fn pull(
         let checkout = checkout?;
         published?;
         if checkout.is_some() && !complete {
-            std::fs::remove_file(&partial)
-                .map_err(|e| Error::Local(format!("remove {}: {e}", partial.display())))?;
+            // Another pull of the same commit may have removed it first.
+            match std::fs::remove_file(&partial) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Local(format!("remove {}: {e}", partial.display())));
+                }
+                _ => {}
+            }
         }
         if let Target::File { path, out } = target {
             let mut w = read::Output::create(out)?;
@@ -901,8 +918,9 @@ enum Building {
     /// In a hidden sibling of the destination, removed unless renamed to
     /// it (replacing it when it is an empty directory).
     Beside(repo::LockedDir),
-    /// In the destination, an empty directory that is a mount point (or
-    /// whose parent cannot be written), where a killed pull leaves files.
+    /// In the destination, an empty directory that is a mount point, a
+    /// symlink, `.` or `..`, or whose parent cannot be written: where a
+    /// killed pull leaves files.
     InPlace,
 }
 
@@ -928,13 +946,25 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
             parent.display()
         )));
     }
-    let name = dest
-        .file_name()
-        .ok_or_else(|| Error::Local(format!("{} names no directory", dest.display())))?;
-    let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
     let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let is_symlink = std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink());
+    let name = match (dest.file_name(), &state) {
+        (Some(name), _) => name,
+        // `.` or `..`: an existing directory, whose name cannot be replaced.
+        (None, crate::Destination::Empty) => return Ok(Building::InPlace),
+        (None, _) => {
+            return Err(Error::Local(format!(
+                "{} names no directory",
+                dest.display()
+            )));
+        }
+    };
+    let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
     match state {
-        crate::Destination::Empty if device(dest) != device(parent) => Ok(Building::InPlace),
+        // A mount point, or a symlink (rename would replace the link).
+        crate::Destination::Empty if is_symlink || device(dest) != device(parent) => {
+            Ok(Building::InPlace)
+        }
         crate::Destination::Empty => {
             repo::clean_abandoned(parent, &prefix);
             Ok(repo::LockedDir::create(parent, &prefix, 0o700)
@@ -1051,9 +1081,15 @@ async fn fetch_path(
             if repo.has_object(&name)
                 && let Err(e @ repo::Error::CorruptObject { .. }) =
                     repo.open_content(f).and_then(|mut r| {
-                        r.verify_to_end().map_err(|e| repo::Error::CorruptObject {
-                            name,
-                            reason: e.to_string(),
+                        r.verify_to_end().map_err(|e| {
+                            if e.kind() == std::io::ErrorKind::InvalidData {
+                                repo::Error::CorruptObject {
+                                    name,
+                                    reason: e.to_string(),
+                                }
+                            } else {
+                                repo::io_err("read", &repo.object_path(&name))(e)
+                            }
                         })
                     })
             {

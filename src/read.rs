@@ -822,9 +822,10 @@ fn walk_closure(
 /// Where `-o OUT` output goes. `-` is standard output, which has whatever
 /// was written when a failure is found. A file is written beside OUT under a
 /// hidden temporary name and takes OUT's place only in [`Output::finish`],
-/// so a failure leaves an existing OUT as it was and no partial file. What
-/// is not a regular file (`/dev/null`, a fifo, a symlink) is written to in
-/// place.
+/// so a failure leaves an existing OUT as it was and no partial file; OUT is
+/// then a new file (an old one's mode, owner and other links are not kept).
+/// What is not a regular file (`/dev/null`, a fifo, a symlink), and a file
+/// in a directory that cannot be written, is written to in place.
 pub struct Output {
     path: PathBuf,
     to: OutputTo,
@@ -852,12 +853,19 @@ impl Output {
                 ".{}.depot-",
                 path.file_name().unwrap_or_default().to_string_lossy()
             );
-            let temp = tempfile::Builder::new()
+            // A directory that cannot be written to may still hold a
+            // writable OUT: then OUT is written in place, as before.
+            match tempfile::Builder::new()
                 .prefix(&prefix)
                 .permissions(fs::Permissions::from_mode(0o666))
                 .tempfile_in(dir)
-                .map_err(io_err("create a temporary file in", dir))?;
-            OutputTo::Replacing(temp)
+            {
+                Ok(temp) => OutputTo::Replacing(temp),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
+                }
+                Err(e) => return Err(io_err("create a temporary file in", dir)(e)),
+            }
         };
         Ok(Output {
             path: path.to_path_buf(),
@@ -876,7 +884,8 @@ impl Output {
 
     /// Flushes, and puts a file in OUT's place.
     pub fn finish(mut self) -> Result<(), Error> {
-        self.flush().map_err(io_err("write", &self.path))?;
+        let name = self.path().to_path_buf();
+        self.flush().map_err(io_err("write", &name))?;
         if let OutputTo::Replacing(temp) = self.to {
             temp.persist(&self.path)
                 .map_err(|e| io_err("rename a temporary file to", &self.path)(e.error))?;

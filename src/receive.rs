@@ -715,7 +715,7 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
                     "commit {} is bound to ref(s) {} by its ostree.ref-binding, not {}: \
                      ostree pull would refuse it under that name; push it to a ref it is bound to",
                     u.new,
-                    commit.ref_bindings().unwrap_or_default().join(", "),
+                    crate::printable(&commit.ref_bindings().unwrap_or_default().join(", ")),
                     u.name
                 ),
             ));

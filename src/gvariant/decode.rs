@@ -54,13 +54,22 @@ pub enum DecodeError {
 
 /// Decodes `data` as a value of type `ty` and requires normal form.
 pub fn from_normal_bytes<'a>(ty: &Type, data: &'a [u8]) -> Result<Value<'a>, DecodeError> {
-    // Every value decoded and every type node copied costs one unit, and a
-    // unit is a `Value` of 48 bytes in memory. Real ostree data has 10 or
-    // more bytes per value (a summary of 10,000 refs: 10; dirtrees over
-    // 4 KiB: 13 or more), so one unit per 2 bytes bounds the memory of a
-    // decoded value at about 24 times its size. Arrays of 1-byte values
-    // (booleans) are what exceeds it.
-    let mut budget = (data.len() / 2).saturating_add(1024);
+    // Every value decoded and every type node copied costs one unit; a
+    // well-formed value needs far fewer units than it has bytes.
+    from_normal_bytes_within(ty, data, data.len().saturating_mul(4).saturating_add(1024))
+}
+
+/// [`from_normal_bytes`] with a budget of `units` values and copied type
+/// nodes (each value takes 48 bytes in memory), for input whose shape is
+/// known to be sparse: a summary has 10 or more bytes per value, so one unit
+/// per 2 bytes bounds what a hostile one costs at 24 times its size, where
+/// an array of a million booleans would take 48 bytes per byte.
+pub fn from_normal_bytes_within<'a>(
+    ty: &Type,
+    data: &'a [u8],
+    units: usize,
+) -> Result<Value<'a>, DecodeError> {
+    let mut budget = units;
     let value = decode(ty, data, 0, &mut budget)?;
     // The re-encoding is at most as long as the input when it matches, so cap
     // the comparison cost by the input length.

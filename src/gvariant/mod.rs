@@ -15,7 +15,7 @@ mod encode;
 mod ty;
 mod value;
 
-pub use decode::{DecodeError, from_normal_bytes};
+pub use decode::{DecodeError, from_normal_bytes, from_normal_bytes_within};
 pub use encode::{to_bytes, write};
 pub use ty::{MAX_DEPTH, Type, TypeError};
 pub use value::Value;

@@ -277,17 +277,21 @@ impl Transaction {
     }
 
     /// Like [`Transaction::begin_object`] for an object fetched from a
-    /// repository rather than pushed: metadata may be as large as ostree
+    /// repository rather than pushed: a dirtree may be as large as ostree
     /// reads ([`crate::object::MAX_METADATA_SIZE`]), for a repository that
-    /// ostree wrote may hold directories of hundreds of thousands of entries.
+    /// ostree wrote may hold directories of hundreds of thousands of
+    /// entries. Its fixed type decodes to a few values per entry of 34 bytes
+    /// or more; other metadata, which can hold arbitrary values, keeps the
+    /// push limits.
     pub fn begin_fetched_object(
         &self,
         name: ObjectName,
         size: u64,
         max_size: u64,
     ) -> Result<IncomingObject<'_>, Error> {
-        IncomingObject::begin(self, name, size, max_size, |_| {
-            crate::object::MAX_METADATA_SIZE
+        IncomingObject::begin(self, name, size, max_size, |kind| match kind {
+            ObjectType::DirTree => crate::object::MAX_METADATA_SIZE,
+            kind => super::max_pushed_metadata(kind),
         })
     }
 

@@ -762,7 +762,12 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
         "{}",
         requests.lines().count()
     );
-    assert!(!requests.contains(".."), "climbed out");
+    // Nothing outside refs/heads/: `a/../../x/` would have been refs/x/.
+    let outside: Vec<&str> = requests
+        .lines()
+        .filter(|p| *p != "/summary" && !p.starts_with("/refs/heads/"))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
 }
 
 #[test]
@@ -908,4 +913,29 @@ fn a_directory_too_large_for_a_push_but_not_for_ostree_still_pulls() {
         .args(["--path", "/big/f299999", "-o"])
         .arg(&out));
     assert_eq!(fs::read_to_string(&out).expect("read"), "hello\n");
+}
+
+#[test]
+fn an_empty_current_directory_or_a_symlink_to_an_empty_directory_is_filled() {
+    let tmp = tempdir();
+    let (repo, tree) = served_repo(tmp.path());
+    let url = format!("file://{}", repo.display());
+    let cache = tmp.path().join("cache");
+    let here = tmp.path().join("here");
+    fs::create_dir(&here).expect("mkdir");
+    ok(pull(&url, "proj/x", &cache).arg(".").current_dir(&here));
+    assert_same_tree(&tree, &here, depot_default(tmp.path()));
+    // The link stays a link, to the filled directory.
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).expect("mkdir");
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    ok(pull(&url, "proj/x", &cache).arg(&link));
+    assert!(
+        fs::symlink_metadata(&link)
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_same_tree(&tree, &target, depot_default(tmp.path()));
 }

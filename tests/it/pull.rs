@@ -608,25 +608,56 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
     ok(ostree_in(&cache).arg("fsck"));
 }
 
+/// Stages a dirmeta of a root-owned 0755 directory; returns its checksum.
+fn stage_plain_dirmeta(tx: &depot::repo::Transaction) -> depot::checksum::Checksum {
+    let meta = depot::object::DirMeta {
+        uid: 0,
+        gid: 0,
+        mode: 0o40755,
+        xattrs: depot::object::Xattrs::default(),
+    };
+    tx.write_metadata(depot::object::ObjectType::DirMeta, &meta.to_bytes())
+        .expect("stage")
+}
+
+/// Commits the staged tree `root` (with dirmeta `meta`), publishes what `tx`
+/// staged into the repository at `path` and points ref `name` at the commit.
+/// Any summary is removed, so that clients read refs from `refs/heads/`.
+fn publish_as_ref(
+    tx: depot::repo::Transaction,
+    path: &Path,
+    name: &str,
+    root: depot::checksum::Checksum,
+    meta: depot::checksum::Checksum,
+) {
+    let commit = depot::object::Commit {
+        metadata: Vec::new(),
+        parent: None,
+        related: Vec::new(),
+        subject: format!("crafted for {name}"),
+        body: String::new(),
+        timestamp: 1,
+        root_tree: root,
+        root_meta: meta,
+    };
+    let commit = tx
+        .write_metadata(depot::object::ObjectType::Commit, &commit.to_bytes())
+        .expect("stage");
+    tx.publish_unsynced().expect("publish");
+    fs::write(path.join("refs/heads").join(name), format!("{commit}\n")).expect("ref");
+    let _ = fs::remove_file(path.join("summary"));
+}
+
 #[test]
 fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anything_is_written() {
-    use depot::object::{Commit, DirMeta, DirTree, FileName, ObjectType, SubdirEntry, Xattrs};
+    use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
     let tmp = tempdir();
     let path = tmp.path().join("repo");
     let repo = depot::repo::Repo::init(&path).expect("init");
     let tx = repo.begin().expect("begin");
     let put = |kind, bytes: Vec<u8>| tx.write_metadata(kind, &bytes).expect("stage");
     let name = |s: &str| FileName::new(s).expect("name");
-    let meta = put(
-        ObjectType::DirMeta,
-        DirMeta {
-            uid: 0,
-            gid: 0,
-            mode: 0o40755,
-            xattrs: Xattrs::default(),
-        }
-        .to_bytes(),
-    );
+    let meta = stage_plain_dirmeta(&tx);
     // Each level names the one below twice: 40 levels, 2^40 files, in 41
     // dirtrees of a few hundred bytes.
     let file = depot::checksum::Checksum::of(b"never fetched");
@@ -650,22 +681,7 @@ fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anyth
             DirTree::new(vec![], dirs).expect("tree").to_bytes(),
         );
     }
-    let commit = put(
-        ObjectType::Commit,
-        Commit {
-            metadata: Vec::new(),
-            parent: None,
-            related: Vec::new(),
-            subject: "bomb".into(),
-            body: String::new(),
-            timestamp: 1,
-            root_tree: tree,
-            root_meta: meta,
-        }
-        .to_bytes(),
-    );
-    tx.publish_unsynced().expect("publish");
-    fs::write(path.join("refs/heads/bomb"), format!("{commit}\n")).expect("ref");
+    publish_as_ref(tx, &path, "bomb", tree, meta);
 
     let url = format!("file://{}", path.display());
     let dest = tmp.path().join("co");
@@ -714,6 +730,27 @@ fn damaged_metadata_in_the_cache_is_fetched_again() {
     }
 }
 
+/// Starts `python3 SCRIPT PORT ARGS...` (an HTTP server on 127.0.0.1:PORT)
+/// with its stderr in a log beside the script; returns it, the port and the
+/// log once it accepts connections.
+fn python_server(script: &Path, args: &[&std::ffi::OsStr]) -> (std::process::Child, u16, PathBuf) {
+    let port = free_port();
+    let log = script.with_extension("log");
+    let server = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .args(args)
+        .stderr(fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("python3");
+    wait_until(
+        "the test's HTTP server",
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    (server, port, log)
+}
+
 #[test]
 fn a_server_listing_endless_ref_directories_is_given_up_on() {
     let tmp = tempdir();
@@ -739,19 +776,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 "#,
     )
     .expect("script");
-    let port = free_port();
-    let log = tmp.path().join("requests.log");
-    let mut server = Command::new("python3")
-        .arg(&script)
-        .arg(port.to_string())
-        .stderr(fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("python3");
-    wait_until(
-        "the listing server",
-        std::time::Duration::from_secs(10),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
+    let (mut server, port, log) = python_server(&script, &[]);
     let err = fails(depot().args(["ls", &format!("http://127.0.0.1:{port}")]));
     let _ = server.kill();
     let _ = server.wait();
@@ -794,20 +819,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), h).serve_foreve
 "#,
     )
     .expect("script");
-    let port = free_port();
-    let log = tmp.path().join("slow.log");
-    let mut server = Command::new("python3")
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(&repo)
-        .stderr(fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("python3");
-    wait_until(
-        "the slow server",
-        std::time::Duration::from_secs(10),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
+    let (mut server, port, log) = python_server(&script, &[repo.as_os_str()]);
     let dest = tmp.path().join("out");
     fs::create_dir(&dest).expect("mkdir");
     let cache = tmp.path().join("cache");
@@ -845,7 +857,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), h).serve_foreve
 
 #[test]
 fn a_directory_too_large_for_a_push_but_not_for_ostree_still_pulls() {
-    use depot::object::{Commit, DirMeta, DirTree, FileName, ObjectType, SubdirEntry, Xattrs};
+    use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
     let tmp = tempdir();
     // One real content object, from a pushed tree.
     let (path, _) = served_repo(tmp.path());
@@ -869,16 +881,7 @@ fn a_directory_too_large_for_a_push_but_not_for_ostree_still_pulls() {
     let big = DirTree::new(files, vec![]).expect("tree").to_bytes();
     assert!(big.len() > 10 << 20, "{}", big.len());
     let big = put(ObjectType::DirTree, big);
-    let meta = put(
-        ObjectType::DirMeta,
-        DirMeta {
-            uid: 0,
-            gid: 0,
-            mode: 0o40755,
-            xattrs: Xattrs::default(),
-        }
-        .to_bytes(),
-    );
+    let meta = stage_plain_dirmeta(&tx);
     let root = DirTree::new(
         vec![],
         vec![SubdirEntry {
@@ -889,23 +892,7 @@ fn a_directory_too_large_for_a_push_but_not_for_ostree_still_pulls() {
     )
     .expect("tree");
     let root = put(ObjectType::DirTree, root.to_bytes());
-    let commit = put(
-        ObjectType::Commit,
-        Commit {
-            metadata: Vec::new(),
-            parent: None,
-            related: Vec::new(),
-            subject: "big directory".into(),
-            body: String::new(),
-            timestamp: 1,
-            root_tree: root,
-            root_meta: meta,
-        }
-        .to_bytes(),
-    );
-    tx.publish_unsynced().expect("publish");
-    fs::write(path.join("refs/heads/wide"), format!("{commit}\n")).expect("ref");
-    fs::remove_file(path.join("summary")).expect("no summary: refs from refs/heads");
+    publish_as_ref(tx, &path, "wide", root, meta);
 
     let url = format!("file://{}", path.display());
     let out = tmp.path().join("one");

@@ -243,10 +243,7 @@ async fn a_ref_moving_during_the_push_is_a_conflict_and_nothing_changes() {
     let missing = accept_and_negotiate(&mut c, &s, "main", Some(base), mine).await;
     // Someone else moves the ref after our update was accepted.
     s.set_server_ref("main", &theirs);
-    for (n, d) in &missing {
-        c.send_object(n, d).await;
-    }
-    c.send(Message::Done {}).await;
+    send_all(&mut c, &missing).await;
     let (code, msg) = c.error().await;
     assert_eq!(code, ErrorCode::Conflict, "{msg}");
     assert!(
@@ -439,10 +436,7 @@ async fn bad_objects_and_protocol_errors_publish_nothing() {
     // The same objects, untampered, go through.
     let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
     let missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
-    for (n, d) in &missing {
-        c.send_object(n, d).await;
-    }
-    c.send(Message::Done {}).await;
+    send_all(&mut c, &missing).await;
     assert!(matches!(c.recv().await, Message::Result { .. }));
     assert_eq!(read_ref(&s.server, "main"), commit.to_string());
     ok(ostree_in(&s.server).arg("fsck"));
@@ -495,6 +489,50 @@ async fn send_interleaved(c: &mut Client, missing: &[(ObjectName, Vec<u8>)]) {
     let _ = c.w.flush().await;
 }
 
+/// Sends `missing` as [`send_interleaved`] does, with one object damaged,
+/// and checks that the push is refused naming it and nothing is published.
+async fn refused_for_damage(
+    c: &mut Client,
+    s: &Setup,
+    missing: &[(ObjectName, Vec<u8>)],
+    damaged: ObjectName,
+) {
+    send_interleaved(c, missing).await;
+    let (code, message) = c.error().await;
+    assert_eq!(code, ErrorCode::BadObject, "{message}");
+    assert!(message.contains(&damaged.to_string()), "{message}");
+    assert!(object_files(&s.server).is_empty(), "objects were published");
+}
+
+/// Sends `missing` as [`send_interleaved`] does and checks that `commit`
+/// lands under `main`, that ostree finds the repository sound and checks the
+/// commit out; returns the checkout.
+async fn lands_and_checks_out(
+    c: &mut Client,
+    s: &Setup,
+    missing: &[(ObjectName, Vec<u8>)],
+    commit: Checksum,
+) -> PathBuf {
+    send_interleaved(c, missing).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
+    assert_eq!(read_ref(&s.server, "main"), commit.to_string());
+    ok(ostree_in(&s.server).arg("fsck"));
+    let checkout = s.dir.join("checkout");
+    ok(ostree_in(&s.server)
+        .arg("checkout")
+        .arg(commit.to_string())
+        .arg(&checkout));
+    checkout
+}
+
+/// Sends every object in `missing`, then `done`.
+async fn send_all(c: &mut Client, missing: &[(ObjectName, Vec<u8>)]) {
+    for (n, d) in missing {
+        c.send_object(n, d).await;
+    }
+    c.send(Message::Done {}).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at_all() {
     // The receiver gathers objects of 64 KiB or less whole and hands them to
@@ -534,24 +572,12 @@ async fn small_objects_split_over_frames_among_large_ones_arrive_whole_or_not_at
         .expect("a small object of several frames");
     data[20_000] ^= 0x55;
     let damaged = *damaged;
-    send_interleaved(&mut c, &missing).await;
-    let (code, message) = c.error().await;
-    assert_eq!(code, ErrorCode::BadObject, "{message}");
-    assert!(message.contains(&damaged.to_string()), "{message}");
-    assert!(object_files(&s.server).is_empty(), "objects were published");
+    refused_for_damage(&mut c, &s, &missing, damaged).await;
 
     // Undamaged, the same frames land the commit.
     let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
     let missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
-    send_interleaved(&mut c, &missing).await;
-    assert!(matches!(c.recv().await, Message::Result { .. }));
-    assert_eq!(read_ref(&s.server, "main"), commit.to_string());
-    ok(ostree_in(&s.server).arg("fsck"));
-    let checkout = s.dir.join("checkout");
-    ok(ostree_in(&s.server)
-        .arg("checkout")
-        .arg(commit.to_string())
-        .arg(&checkout));
+    let checkout = lands_and_checks_out(&mut c, &s, &missing, commit).await;
     for (name, content) in &files {
         assert_eq!(
             &fs::read_to_string(checkout.join(name)).expect("read"),
@@ -622,25 +648,13 @@ async fn objects_of_exactly_64_kib_and_one_byte_more_take_both_paths_and_are_ver
         .expect("the 64 KiB object");
     *data.last_mut().expect("bytes") ^= 0x01;
     let damaged = *damaged;
-    send_interleaved(&mut c, &missing).await;
-    let (code, message) = c.error().await;
-    assert_eq!(code, ErrorCode::BadObject, "{message}");
-    assert!(message.contains(&damaged.to_string()), "{message}");
-    assert!(object_files(&s.server).is_empty(), "objects were published");
+    refused_for_damage(&mut c, &s, &missing, damaged).await;
 
     // Intact, both land, stored as they were sent.
     let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
     let mut missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
     reencode(&mut missing);
-    send_interleaved(&mut c, &missing).await;
-    assert!(matches!(c.recv().await, Message::Result { .. }));
-    assert_eq!(read_ref(&s.server, "main"), commit.to_string());
-    ok(ostree_in(&s.server).arg("fsck"));
-    let checkout = s.dir.join("checkout");
-    ok(ostree_in(&s.server)
-        .arg("checkout")
-        .arg(commit.to_string())
-        .arg(&checkout));
+    let checkout = lands_and_checks_out(&mut c, &s, &missing, commit).await;
     assert_eq!(
         fs::read_to_string(checkout.join("at")).expect("read"),
         at_limit
@@ -689,10 +703,7 @@ async fn non_fast_forward_is_refused_unless_allowed() {
             .read_ref(&r("main"))
             .expect("read");
         let missing = accept_and_negotiate(&mut c, &s, "main", old, unrelated).await;
-        for (n, d) in &missing {
-            c.send_object(n, d).await;
-        }
-        c.send(Message::Done {}).await;
+        send_all(&mut c, &missing).await;
         let reply = c.recv().await;
         if allow {
             assert!(matches!(reply, Message::Result { .. }), "{reply:?}");
@@ -745,10 +756,7 @@ async fn every_push_leaves_an_audit_record() {
     let _ = c.server.await;
     let mut c = Client::start(policy(&s.server, &state, &["proj/**"]));
     let missing = accept_and_negotiate(&mut c, &s, "proj/a/b", None, commit).await;
-    for (n, d) in &missing {
-        c.send_object(n, d).await;
-    }
-    c.send(Message::Done {}).await;
+    send_all(&mut c, &missing).await;
     assert!(matches!(c.recv().await, Message::Result { .. }));
     let _ = c.server.await;
     let lines: Vec<serde_json::Value> = fs::read_to_string(state.join("audit.jsonl"))
@@ -786,10 +794,7 @@ async fn a_commit_bound_to_another_ref_is_refused_and_nothing_is_published() {
 
     let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
     let missing = accept_and_negotiate(&mut c, &s, "main", None, bound).await;
-    for (n, d) in &missing {
-        c.send_object(n, d).await;
-    }
-    c.send(Message::Done {}).await;
+    send_all(&mut c, &missing).await;
     let (code, message) = c.error().await;
     assert_eq!(code, ErrorCode::Forbidden, "{message}");
     assert!(
@@ -802,10 +807,7 @@ async fn a_commit_bound_to_another_ref_is_refused_and_nothing_is_published() {
     // Under the ref it is bound to, it lands, and ostree pulls it from there.
     let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
     let missing = accept_and_negotiate(&mut c, &s, "release/1", None, bound).await;
-    for (n, d) in &missing {
-        c.send_object(n, d).await;
-    }
-    c.send(Message::Done {}).await;
+    send_all(&mut c, &missing).await;
     assert!(matches!(c.recv().await, Message::Result { .. }));
     assert_eq!(read_ref(&s.server, "release/1"), bound.to_string());
     ok(ostree_in(&s.server).arg("fsck"));

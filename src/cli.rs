@@ -50,7 +50,7 @@ pub enum Command {
         /// Add this certificate (PEM) to the trusted roots for https.
         #[arg(long)]
         cacert: Option<PathBuf>,
-        /// Give up on a server that sends nothing for this long.
+        /// Give up on a server that sends nothing for this long (0: never).
         #[arg(long, value_name = "SECONDS", default_value_t = crate::pull::DEFAULT_TIMEOUT_SECS)]
         timeout: u64,
         /// Print JSON instead of a table.
@@ -80,7 +80,7 @@ pub enum Command {
         /// Add this certificate (PEM) to the trusted roots for https.
         #[arg(long)]
         cacert: Option<PathBuf>,
-        /// Give up on a server that sends nothing for this long.
+        /// Give up on a server that sends nothing for this long (0: never).
         #[arg(long, value_name = "SECONDS", default_value_t = crate::pull::DEFAULT_TIMEOUT_SECS)]
         timeout: u64,
         /// Print the result as JSON.

@@ -183,7 +183,7 @@ impl Remote {
     /// Prepares requests to `url` (http, https, or file with an absolute
     /// path); `cacert` adds a trusted certificate (PEM) to the system's
     /// roots for https. A request fails after `timeout` without a byte
-    /// from the server.
+    /// from the server (zero: never).
     pub fn new(url: &str, cacert: Option<&Path>, timeout: Duration) -> Result<Remote, Error> {
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
@@ -201,10 +201,13 @@ impl Remote {
                 "{url:?} is not an http://, https:// or file:// URL"
             )));
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !timeout.is_zero() {
+            builder = builder.read_timeout(timeout);
+        }
+        let mut builder = builder
             .pool_max_idle_per_host(PARALLEL_REQUESTS)
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(timeout)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
                 if from_https && attempt.url().scheme() != "https" {
@@ -362,13 +365,11 @@ impl Remote {
                     if out.len() >= MAX_LISTED_REFS {
                         return Err(too_many(format!("{MAX_LISTED_REFS} refs")));
                     }
-                    let commit = self
-                        .ref_file(&name)
-                        .await?
-                        .ok_or_else(|| Error::NoSuchRef {
-                            name: name.to_string(),
-                            url: self.base.clone(),
-                        })?;
+                    // Listed but gone: deleted since the listing was made.
+                    let Some(commit) = self.ref_file(&name).await? else {
+                        tracing::warn!("ref {name} was listed but is not there; leaving it out");
+                        continue;
+                    };
                     out.push(RemoteRef {
                         name,
                         commit,

@@ -328,6 +328,7 @@ impl Remote {
         let mut listed = 0usize;
         // A listing may name an entry twice; each is asked for once.
         let mut seen = HashSet::new();
+        let mut asked = 0usize;
         let too_many = |what: String| Error::Invalid {
             url: self.url("refs/heads/"),
             reason: format!(
@@ -362,7 +363,9 @@ impl Remote {
                         dirs.push(format!("{below}/"));
                     }
                 } else if let Ok(name) = format!("{dir}{href}").parse::<RefName>() {
-                    if out.len() >= MAX_LISTED_REFS {
+                    // Counted when asked for, found or not.
+                    asked += 1;
+                    if asked > MAX_LISTED_REFS {
                         return Err(too_many(format!("{MAX_LISTED_REFS} refs")));
                     }
                     // Listed but gone: deleted since the listing was made.
@@ -890,13 +893,13 @@ async fn pull_checkout(
     checkpoint(fetcher, repo)?;
     tracing::debug!("directories fetched");
     let dir = match &building {
-        Building::Beside(locked) => locked.path(),
+        Building::Beside(locked, _) => locked.path(),
         Building::InPlace => dest,
     };
     match fill_checkout(fetcher, repo, root_tree, root_meta, dir).await {
         Ok(stats) => {
-            if let Building::Beside(locked) = building {
-                locked.rename_to(dest).map_err(|e| {
+            if let Building::Beside(locked, target) = building {
+                locked.rename_to(&target).map_err(|e| {
                     Error::Local(format!(
                         "move the finished checkout to {}: {e}",
                         dest.display()
@@ -917,8 +920,8 @@ async fn pull_checkout(
 /// Where a checkout is built.
 enum Building {
     /// In a hidden sibling of the destination, removed unless renamed to
-    /// it (replacing it when it is an empty directory).
-    Beside(repo::LockedDir),
+    /// it (the path given: replacing it when it is an empty directory).
+    Beside(repo::LockedDir, PathBuf),
     /// In the destination, an empty directory that is a mount point, a
     /// symlink, `.` or `..`, or whose parent cannot be written: where a
     /// killed pull leaves files.
@@ -948,7 +951,7 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
         )));
     }
     let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    let is_symlink = std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink());
+    let inode = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
     let name = match (dest.file_name(), &state) {
         (Some(name), _) => name,
         // `.` or `..`: an existing directory, whose name cannot be replaced.
@@ -960,22 +963,31 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
             )));
         }
     };
+    // The name as rename(2) sees it: `link/` or `out/.` would resolve
+    // through the link or fail, where `link` and `out` are what is meant.
+    let target = parent.join(name);
+    let is_symlink = std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink());
     let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
     match state {
-        // A mount point, or a symlink (rename would replace the link).
-        crate::Destination::Empty if is_symlink || device(dest) != device(parent) => {
+        // A mount point, a symlink (rename would replace the link), or the
+        // working directory under another name (it would be replaced under
+        // the caller's feet).
+        crate::Destination::Empty
+            if is_symlink
+                || device(&target) != device(parent)
+                || inode(&target) == inode(Path::new(".")) =>
+        {
             Ok(Building::InPlace)
         }
         crate::Destination::Empty => {
             repo::clean_abandoned(parent, &prefix);
             Ok(repo::LockedDir::create(parent, &prefix, 0o700)
-                .map_or(Building::InPlace, Building::Beside))
+                .map_or(Building::InPlace, |dir| Building::Beside(dir, target)))
         }
         _ => {
             repo::clean_abandoned(parent, &prefix);
-            Ok(Building::Beside(repo::LockedDir::create(
-                parent, &prefix, 0o700,
-            )?))
+            let dir = repo::LockedDir::create(parent, &prefix, 0o700)?;
+            Ok(Building::Beside(dir, target))
         }
     }
 }

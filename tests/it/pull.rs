@@ -916,17 +916,24 @@ fn an_empty_current_directory_or_a_symlink_to_an_empty_directory_is_filled() {
     fs::create_dir(&here).expect("mkdir");
     ok(pull(&url, "proj/x", &cache).arg(".").current_dir(&here));
     assert_same_tree(&tree, &here, depot_default(tmp.path()));
-    // The link stays a link, to the filled directory.
-    let target = tmp.path().join("target");
-    fs::create_dir(&target).expect("mkdir");
-    let link = tmp.path().join("link");
-    std::os::unix::fs::symlink(&target, &link).expect("symlink");
-    ok(pull(&url, "proj/x", &cache).arg(&link));
-    assert!(
-        fs::symlink_metadata(&link)
-            .expect("lstat")
-            .file_type()
-            .is_symlink()
-    );
-    assert_same_tree(&tree, &target, depot_default(tmp.path()));
+    // The working directory by its full name is filled, not replaced.
+    use std::os::unix::fs::MetadataExt;
+    let cwd = tmp.path().join("cwd");
+    fs::create_dir(&cwd).expect("mkdir");
+    let inode = fs::metadata(&cwd).expect("stat").ino();
+    ok(pull(&url, "proj/x", &cache).arg(&cwd).current_dir(&cwd));
+    assert_eq!(fs::metadata(&cwd).expect("stat").ino(), inode);
+    assert_same_tree(&tree, &cwd, depot_default(tmp.path()));
+    // The link stays a link, to the filled directory, also when named with a
+    // trailing slash.
+    for (i, slash) in ["", "/"].into_iter().enumerate() {
+        let target = tmp.path().join(format!("target{i}"));
+        fs::create_dir(&target).expect("mkdir");
+        let link = tmp.path().join(format!("link{i}"));
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        ok(pull(&url, "proj/x", &cache).arg(format!("{}{slash}", link.display())));
+        let lstat = fs::symlink_metadata(&link).expect("lstat");
+        assert!(lstat.file_type().is_symlink());
+        assert_same_tree(&tree, &target, depot_default(tmp.path()));
+    }
 }

@@ -917,12 +917,14 @@ fn an_empty_current_directory_or_a_symlink_to_an_empty_directory_is_filled() {
     ok(pull(&url, "proj/x", &cache).arg(".").current_dir(&here));
     assert_same_tree(&tree, &here, depot_default(tmp.path()));
     // The working directory by its full name is filled, not replaced.
-    use std::os::unix::fs::MetadataExt;
     let cwd = tmp.path().join("cwd");
     fs::create_dir(&cwd).expect("mkdir");
-    let inode = fs::metadata(&cwd).expect("stat").ino();
+    let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&cwd).expect("stat"));
     ok(pull(&url, "proj/x", &cache).arg(&cwd).current_dir(&cwd));
-    assert_eq!(fs::metadata(&cwd).expect("stat").ino(), inode);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&cwd).expect("stat")),
+        inode
+    );
     assert_same_tree(&tree, &cwd, depot_default(tmp.path()));
     // The link stays a link, to the filled directory, also when named with a
     // trailing slash.

@@ -854,6 +854,13 @@ mod tests {
             "1.0\\n\\tfake\\u{1b}]0;title\\u{7}"
         );
         assert_eq!(crate::printable("v1\u{202e}txt.exe"), "v1\\u{202e}txt.exe");
+        // Joiners are text: an emoji sequence and a Persian word stay as they are.
+        for text in [
+            "\u{1f469}\u{200d}\u{1f4bb}",
+            "\u{645}\u{6cc}\u{200c}\u{62e}\u{648}\u{627}\u{647}\u{645}",
+        ] {
+            assert_eq!(crate::printable(text), text);
+        }
     }
 
     #[test]

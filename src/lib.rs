@@ -46,14 +46,23 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// `text` (a subject, a version, a ref binding: whatever a pusher or a
-/// server wrote) with control characters and invisible direction or
-/// zero-width marks escaped, so that it cannot move the cursor, retitle the
+/// server wrote) with control characters, line separators and bidi
+/// direction marks escaped, so that it cannot move the cursor, retitle the
 /// terminal, reorder what is shown or add rows and columns to tab-separated
-/// output.
+/// output. Joiners (U+200C, U+200D) stay: emoji and many scripts need them.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     fn hidden(c: char) -> bool {
         c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+            || matches!(
+                c,
+                '\u{061c}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            )
     }
     if !text.chars().any(hidden) {
         return text.into();

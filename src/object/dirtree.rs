@@ -9,7 +9,7 @@ use std::fmt;
 use crate::checksum::Checksum;
 use crate::gvariant::{self, Type, Value};
 
-use super::{Error, decode_object, structure};
+use super::{Error, decode_object_within, structure};
 
 /// A name inside a directory: valid UTF-8, not empty, not `.` or `..`, and
 /// without `/` or NUL (`ot_util_filename_validate`).
@@ -79,7 +79,12 @@ impl DirTree {
     /// Parses and validates normal-form bytes.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let kind = "dirtree";
-        let v = decode_object(kind, "(a(say)a(sayay))", data)?;
+        // A valid dirtree has 12 or more bytes per decoded value: an entry
+        // is a tuple, a name of at least "x\0", 32 or 64 bytes of checksums
+        // and an offset. One value per 8 bytes refuses, before it is built,
+        // what would otherwise take up to 48 bytes of memory per byte (a
+        // fetched dirtree may be 128 MiB).
+        let v = decode_object_within(kind, "(a(say)a(sayay))", data, Some(data.len() / 8 + 1024))?;
         let Value::Tuple(m) = v else {
             return Err(structure(kind, "not a tuple"));
         };
@@ -225,6 +230,55 @@ mod tests {
 
     fn n(s: &str) -> FileName {
         FileName::new(s).expect("valid name")
+    }
+
+    #[test]
+    fn the_densest_valid_dirtree_decodes_and_a_denser_fake_is_refused_unbuilt() {
+        // 200,000 files with the shortest distinct names there are.
+        let alphabet: Vec<char> = ('0'..='9').chain('A'..='Z').chain('a'..='z').collect();
+        let mut names: Vec<String> = Vec::new();
+        for len in 1..=3 {
+            let mut idx = vec![0usize; len];
+            'names: loop {
+                names.push(idx.iter().map(|&i| alphabet[i]).collect());
+                if names.len() == 200_000 {
+                    break 'names;
+                }
+                let mut k = len;
+                loop {
+                    if k == 0 {
+                        break 'names;
+                    }
+                    k -= 1;
+                    idx[k] += 1;
+                    if idx[k] < alphabet.len() {
+                        break;
+                    }
+                    idx[k] = 0;
+                }
+            }
+            if names.len() == 200_000 {
+                break;
+            }
+        }
+        names.sort();
+        let files = names.iter().map(|s| (n(s), c(1))).collect();
+        let dense = DirTree::new(files, vec![]).expect("tree").to_bytes();
+        assert_eq!(DirTree::parse(&dense).map(|t| t.files().len()), Ok(200_000));
+        // The same type with empty names and checksums: 2 bytes a value.
+        let entry = Value::Tuple(vec![Value::str(""), Value::Bytes(Vec::new().into())]);
+        let fake = Value::Tuple(vec![
+            Value::Array(Type::parse("(say)").expect("type"), vec![entry; 500_000]),
+            Value::Array(Type::parse("(sayay)").expect("type"), vec![]),
+        ]);
+        let fake = crate::gvariant::to_bytes(&fake);
+        assert!(matches!(
+            DirTree::parse(&fake),
+            Err(Error::Variant {
+                source: crate::gvariant::DecodeError::TooExpensive,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -967,6 +967,12 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
     // through the link or fail, where `link` and `out` are what is meant.
     let target = parent.join(name);
     let is_symlink = std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink());
+    if is_symlink && !target.exists() {
+        return Err(Error::Local(format!(
+            "{} is a symlink to nothing; create the directory it points to, or remove the link",
+            dest.display()
+        )));
+    }
     let prefix = format!(".{}.depot-pull-", name.to_string_lossy());
     match state {
         // A mount point, a symlink (rename would replace the link), or the

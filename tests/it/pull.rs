@@ -938,4 +938,12 @@ fn an_empty_current_directory_or_a_symlink_to_an_empty_directory_is_filled() {
         assert!(lstat.file_type().is_symlink());
         assert_same_tree(&tree, &target, depot_default(tmp.path()));
     }
+    // A link to nothing is refused once the commit is read, before its tree
+    // is fetched (it used to fail at the final rename).
+    let dangling = tmp.path().join("dangling");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).expect("symlink");
+    let fresh = tmp.path().join("cache2");
+    let err = fails(pull(&url, "proj/x", &fresh).arg(&dangling));
+    assert!(err.contains("is a symlink to nothing"), "{err}");
+    assert_eq!(object_files(&fresh).len(), 1, "only the commit");
 }

@@ -548,12 +548,7 @@ impl Fetcher {
                 && cache.has_object(name)
                 && let Err(e @ repo::Error::CorruptObject { .. }) = cache.read_metadata(name)
             {
-                tracing::warn!(
-                    "{} in the cache: {}; fetching it again",
-                    cache.object_path(name).display(),
-                    crate::error_chain(&e)
-                );
-                let _ = std::fs::remove_file(cache.object_path(name));
+                drop_damaged(cache, name, &e);
             }
         }
         let mut asked = HashSet::new();
@@ -950,8 +945,7 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
             parent.display()
         )));
     }
-    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    let inode = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
     let name = match (dest.file_name(), &state) {
         (Some(name), _) => name,
         // `.` or `..`: an existing directory, whose name cannot be replaced.
@@ -980,8 +974,8 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
         // the caller's feet).
         crate::Destination::Empty
             if is_symlink
-                || device(&target) != device(parent)
-                || inode(&target) == inode(Path::new(".")) =>
+                || id(&target).map(|(dev, _)| dev) != id(parent).map(|(dev, _)| dev)
+                || id(&target) == id(Path::new(".")) =>
         {
             Ok(Building::InPlace)
         }
@@ -1034,9 +1028,8 @@ async fn fill_checkout(
     let damaged = std::sync::Mutex::new(Vec::new());
     cached.par_iter().try_for_each(|(c, paths)| {
         match checkout.write_from_repo(repo, c, paths) {
-            Err(read::Error::Repo(repo::Error::CorruptObject { name, reason })) => {
-                tracing::warn!("{name} in the cache is damaged ({reason}); fetching it again");
-                let _ = std::fs::remove_file(repo.object_path(&name));
+            Err(read::Error::Repo(e @ repo::Error::CorruptObject { name, .. })) => {
+                drop_damaged(repo, &name, &e);
                 damaged
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1074,6 +1067,18 @@ fn load_tree(fetcher: &Fetcher, tree: &Checksum) -> Result<DirTree, Error> {
     })
 }
 
+/// Removes a damaged object `name` from the cache `cache`, so that it is
+/// fetched again: a damaged cache mends itself instead of failing every pull.
+fn drop_damaged(cache: &Repo, name: &ObjectName, damage: &repo::Error) {
+    let path = cache.object_path(name);
+    tracing::warn!(
+        "{} in the cache: {}; fetching it again",
+        path.display(),
+        crate::error_chain(damage)
+    );
+    let _ = std::fs::remove_file(path);
+}
+
 /// Fetches only what lies on `path`: the dirtrees down to it and the file.
 async fn fetch_path(
     fetcher: &mut Fetcher,
@@ -1098,22 +1103,9 @@ async fn fetch_path(
             let name = ObjectName::new(*f, ObjectType::File);
             // As in a checkout, a damaged cached object is fetched again.
             if repo.has_object(&name)
-                && let Err(e @ repo::Error::CorruptObject { .. }) =
-                    repo.open_content(f).and_then(|mut r| {
-                        r.verify_to_end().map_err(|e| {
-                            if e.kind() == std::io::ErrorKind::InvalidData {
-                                repo::Error::CorruptObject {
-                                    name,
-                                    reason: e.to_string(),
-                                }
-                            } else {
-                                repo::io_err("read", &repo.object_path(&name))(e)
-                            }
-                        })
-                    })
+                && let Err(e @ repo::Error::CorruptObject { .. }) = repo.verify_content(f)
             {
-                tracing::warn!("{}; fetching it again", crate::error_chain(&e));
-                let _ = std::fs::remove_file(repo.object_path(&name));
+                drop_damaged(repo, &name, &e);
             }
             return fetcher.fetch_all(vec![(name, None)]).await;
         }

@@ -238,24 +238,22 @@ pub fn cat(
                     what: format!("a symlink to {:?}", reader.header().symlink_target),
                 });
             }
-            copy_content(repo, &c, &mut reader, |data| {
+            copy_content(repo, &mut reader, |data| {
                 out.write_all(data).map_err(io_err("write", out_name))
             })
         }
     }
 }
 
-/// Passes the content object `checksum`'s payload from `reader` to `write`,
+/// Passes a content object's payload from `reader` (of `repo`) to `write`,
 /// a chunk at a time; fails with [`repo::Error::CorruptObject`] when the
 /// object turns out damaged (the read that reaches its end verifies it).
 /// Returns the bytes passed.
 fn copy_content(
     repo: &Repo,
-    checksum: &Checksum,
     reader: &mut ContentReader,
     mut write: impl FnMut(&[u8]) -> Result<(), Error>,
 ) -> Result<u64, Error> {
-    let name = ObjectName::new(*checksum, ObjectType::File);
     let mut buf =
         vec![0u8; usize::try_from(reader.size()).map_or(COPY_CHUNK, |n| n.clamp(1, COPY_CHUNK))];
     let mut copied = 0u64;
@@ -264,14 +262,8 @@ fn copy_content(
             Ok(0) => return Ok(copied),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // The reader's verdict on the object itself.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(Error::Repo(repo::Error::CorruptObject {
-                    name,
-                    reason: e.to_string(),
-                }));
-            }
-            Err(e) => return Err(io_err("read", &repo.object_path(&name))(e)),
+            // The reader's verdict on the object itself, or an I/O error.
+            Err(e) => return Err(Error::Repo(reader.read_error(repo, e))),
         };
         write(&buf[..n])?;
         copied += n as u64;
@@ -454,7 +446,7 @@ impl Checkout {
         let mut reader = repo.open_content(checksum)?;
         let mut sink = self.sink(paths);
         sink.start(reader.header(), reader.size())?;
-        copy_content(repo, checksum, &mut reader, |data| Ok(sink.write(data)?))?;
+        copy_content(repo, &mut reader, |data| Ok(sink.write(data)?))?;
         sink.finish()
     }
 
@@ -694,12 +686,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport, Error> {
                     })
                 })
             } else {
-                repo.open_content(&name.checksum).and_then(|mut r| {
-                    r.verify_to_end().map_err(|e| repo::Error::CorruptObject {
-                        name: *name,
-                        reason: strip_name(&e.to_string(), name),
-                    })
-                })
+                repo.verify_content(&name.checksum)
             };
             result.err().map(|e| Problem {
                 subject: name.relative_path(),
@@ -894,20 +881,22 @@ impl Output {
     }
 }
 
+impl Output {
+    fn writer(&mut self) -> &mut dyn Write {
+        match &mut self.to {
+            OutputTo::Stdout(w) => w,
+            OutputTo::InPlace(w) => w,
+            OutputTo::Replacing(w) => w,
+        }
+    }
+}
+
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.to {
-            OutputTo::Stdout(w) => w.write(buf),
-            OutputTo::InPlace(w) => w.write(buf),
-            OutputTo::Replacing(w) => w.write(buf),
-        }
+        self.writer().write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.to {
-            OutputTo::Stdout(w) => w.flush(),
-            OutputTo::InPlace(w) => w.flush(),
-            OutputTo::Replacing(w) => w.flush(),
-        }
+        self.writer().flush()
     }
 }

@@ -108,9 +108,32 @@ impl ContentReader {
     fn invalid(&self, what: &str) -> io::Error {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("object {} is corrupt: {what}", self.name),
+            format!("{}{what}", corrupt_prefix(&self.name)),
         )
     }
+
+    /// What an error from reading this object means: its `InvalidData` is
+    /// [`Error::CorruptObject`] (the object is damaged), anything else an
+    /// I/O error on its file.
+    pub fn read_error(&self, repo: &Repo, e: io::Error) -> Error {
+        let name = self.name;
+        if e.kind() == io::ErrorKind::InvalidData {
+            let text = e.to_string();
+            let reason = text.strip_prefix(&corrupt_prefix(&name)).unwrap_or(&text);
+            Error::CorruptObject {
+                name,
+                reason: reason.to_string(),
+            }
+        } else {
+            super::io_err("read", &repo.object_path(&name))(e)
+        }
+    }
+}
+
+/// How the reader's own errors begin, so that read errors stand alone when
+/// the reader is used as a plain `Read`.
+fn corrupt_prefix(name: &ObjectName) -> String {
+    format!("object {name} is corrupt: ")
 }
 
 impl Read for ContentReader {

@@ -384,6 +384,15 @@ impl Repo {
     pub fn open_content(&self, checksum: &Checksum) -> Result<ContentReader, Error> {
         ContentReader::open(self, *checksum)
     }
+
+    /// Reads a content object to its end: [`Error::CorruptObject`] when it
+    /// is damaged (its reader's `InvalidData`), an I/O error otherwise.
+    pub fn verify_content(&self, checksum: &Checksum) -> Result<(), Error> {
+        let mut reader = self.open_content(checksum)?;
+        reader
+            .verify_to_end()
+            .map_err(|e| reader.read_error(self, e))
+    }
 }
 
 /// Refs

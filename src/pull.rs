@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::checksum::Checksum;
 use crate::gvariant::{self, Type, Value};
-use crate::object::{DirTree, MAX_METADATA_SIZE, ObjectName, ObjectType};
+use crate::object::{Commit, DirTree, MAX_METADATA_SIZE, ObjectName, ObjectType};
 use crate::read::{self, Checkout, CheckoutOptions, CheckoutStats};
 use crate::refname::RefName;
 use crate::repo::{self, PayloadSink, Repo, Transaction};
@@ -779,9 +779,7 @@ pub fn pull(
             });
         }
         let checkout = match target {
-            Target::Checkout(dest) => {
-                pull_checkout(&mut fetcher, &repo, c.root_tree, c.root_meta, dest).await
-            }
+            Target::Checkout(dest) => pull_checkout(&mut fetcher, &repo, commit, &c, dest).await,
             Target::File { path, .. } => fetch_path(&mut fetcher, &repo, &c, path)
                 .await
                 .map(|()| None),
@@ -849,21 +847,28 @@ fn checkpoint(fetcher: &mut Fetcher, repo: &Repo) -> Result<(), Error> {
 async fn pull_checkout(
     fetcher: &mut Fetcher,
     repo: &Repo,
-    root_tree: Checksum,
-    root_meta: Checksum,
+    checksum: Checksum,
+    commit: &Commit,
     dest: &Path,
 ) -> Result<Option<CheckoutStats>, Error> {
     let building = checkout_target(dest)?;
+    let (root_tree, root_meta) = (commit.root_tree, commit.root_meta);
     let mut level = vec![(root_tree, root_meta)];
     let mut seen = HashSet::new();
     let mut depth = 0usize;
     while !level.is_empty() {
         depth += 1;
         if depth > read::MAX_TREE_DEPTH {
-            return Err(Error::Local(format!(
-                "the tree nests deeper than {} directories",
-                read::MAX_TREE_DEPTH
-            )));
+            return Err(Error::Invalid {
+                url: fetcher
+                    .remote
+                    .url(&ObjectName::new(checksum, ObjectType::Commit).relative_path()),
+                reason: format!(
+                    "the tree of commit {checksum} nests deeper than {} directories, \
+                     which neither depot nor ostree checks out; nothing was checked out",
+                    read::MAX_TREE_DEPTH
+                ),
+            });
         }
         let names: Vec<(ObjectName, Option<u64>)> = level
             .iter()

@@ -399,7 +399,13 @@ fn hash_tree(
     dir: &Path,
     options: &commit::Options,
 ) -> Result<(TreeObjects, Checksum, Checksum), Error> {
+    let started = Instant::now();
     let scan = commit::scan(dir, options)?;
+    tracing::debug!(
+        "scanned {} files in {:.2?}",
+        scan.files.len(),
+        started.elapsed()
+    );
     let (sums, has_xattrs): (Vec<Checksum>, Vec<bool>) = scan
         .files
         .par_iter()
@@ -414,6 +420,7 @@ fn hash_tree(
         metadata.insert(ObjectName::new(c, kind), bytes);
         Ok(c)
     })?;
+    tracing::debug!("hashed the tree in {:.2?}", started.elapsed());
     let mut content = ObjectMap::new();
     for (i, c) in sums.iter().enumerate() {
         content.insert_if_absent(ObjectName::new(*c, ObjectType::File), i);
@@ -634,6 +641,7 @@ async fn session(
     let (mut local, prepared) = prepare
         .await
         .map_err(|e| Error::Local(format!("hashing failed: {e}")))??;
+    tracing::debug!("local objects ready at {:.2?}", started.elapsed());
     let mut updates = Vec::new();
     for ((name, p), state) in prepared.into_iter().zip(&states) {
         let new = match p {
@@ -702,6 +710,11 @@ async fn session(
 
     let local = Arc::new(local);
     let to_send = negotiate(&local, &updates, reader, writer).await?;
+    tracing::debug!(
+        "negotiated at {:.2?}: {} objects to send",
+        started.elapsed(),
+        to_send.len()
+    );
     let (objects_sent, bytes_sent) = match send_objects(
         &local,
         to_send,
@@ -716,6 +729,7 @@ async fn session(
         Err(Error::Transport { message }) => return Err(reason_for_hangup(reader, message).await),
         Err(e) => return Err(e),
     };
+    tracing::debug!("sent at {:.2?}", started.elapsed());
     writer
         .send(&Message::Done {})
         .await

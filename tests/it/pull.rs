@@ -699,6 +699,48 @@ fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anyth
 }
 
 #[test]
+fn a_tree_nested_deeper_than_ostree_allows_is_refused_naming_the_commit() {
+    use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
+    let tmp = tempdir();
+    let path = tmp.path().join("repo");
+    let repo = depot::repo::Repo::init(&path).expect("init");
+    let tx = repo.begin().expect("begin");
+    let meta = stage_plain_dirmeta(&tx);
+    let mut tree = tx
+        .write_metadata(ObjectType::DirTree, &DirTree::default().to_bytes())
+        .expect("stage");
+    for _ in 0..300 {
+        let dirs = vec![SubdirEntry {
+            name: FileName::new("d").expect("name"),
+            tree,
+            meta,
+        }];
+        let bytes = DirTree::new(vec![], dirs).expect("tree").to_bytes();
+        tree = tx
+            .write_metadata(ObjectType::DirTree, &bytes)
+            .expect("stage");
+    }
+    publish_as_ref(tx, &path, "deep", tree, meta);
+    let commit = fs::read_to_string(path.join("refs/heads/deep")).expect("ref");
+    let commit = commit.trim();
+
+    let url = format!("file://{}", path.display());
+    let dest = tmp.path().join("co");
+    let err = fails(pull(&url, "deep", &tmp.path().join("cache")).arg(&dest));
+    assert!(
+        err.contains(&format!("{url}/objects/{}/", &commit[..2]))
+            && err.contains(&format!(
+                "commit {commit} nests deeper than 256 directories"
+            )),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    let err = fails(depot_in("checkout", &path).args(["deep"]).arg(&dest));
+    assert!(err.contains("nested deeper than 256 directories"), "{err}");
+    assert!(!dest.exists());
+}
+
+#[test]
 fn damaged_metadata_in_the_cache_is_fetched_again() {
     let tmp = tempdir();
     let (repo, tree) = served_repo(tmp.path());

@@ -42,6 +42,14 @@ const PARALLEL_REQUESTS: usize = 16;
 /// Objects published from the cache's transaction at a time, so that an
 /// interrupted pull keeps what it fetched.
 const PUBLISH_EVERY: usize = 512;
+/// A metadata object is held in memory while it is verified, and checking
+/// a dirtree takes about four times its size (ostree allows 128 MiB): the
+/// large ones (over [`SMALL_METADATA`]) are fetched only while the sizes in
+/// flight stay within this many KiB, so that a server sending many large
+/// dirtrees at once cannot take more than about 0.6 GB.
+const LARGE_METADATA_KIB: u32 = 128 * 1024;
+/// Metadata up to this size is fetched without counting.
+const SMALL_METADATA: u64 = 1024 * 1024;
 /// How long connecting to the server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long, by default, the server may send nothing (in an answer or in
@@ -532,6 +540,8 @@ struct Fetcher {
     remote: Remote,
     tx: Arc<Transaction>,
     permits: Arc<Semaphore>,
+    /// KiB of large metadata in flight: see [`LARGE_METADATA_KIB`].
+    large_metadata: Arc<Semaphore>,
     max_object_size: u64,
     fetched: Arc<AtomicU64>,
 }
@@ -557,8 +567,11 @@ impl Fetcher {
             .filter(|(name, _)| asked.insert(*name) && !self.tx.has_object(name))
             .map(|(name, max)| {
                 let (remote, tx) = (self.remote.clone(), Arc::clone(&self.tx));
+                let large_metadata = Arc::clone(&self.large_metadata);
                 let limit = max.unwrap_or(self.max_object_size);
-                async move { fetch_one(&remote, &tx, name, limit, None).await }
+                async move {
+                    fetch_one(&remote, &tx, name, limit, Fed::CacheOnly(&large_metadata)).await
+                }
             });
         self.run(jobs).await
     }
@@ -577,7 +590,7 @@ impl Fetcher {
             let limit = self.max_object_size;
             async move {
                 let mut sink = checkout.sink(&paths);
-                fetch_one(&remote, &tx, name, limit, Some(&mut sink)).await?;
+                fetch_one(&remote, &tx, name, limit, Fed::AlsoTo(&mut sink)).await?;
                 Ok(sink.finish()?)
             }
         });
@@ -626,17 +639,25 @@ fn flatten(done: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<()
     done.map_err(|e| Error::Local(e.to_string()))?
 }
 
-/// Fetches one object into `tx`, verifying it as it streams; a content
-/// object's payload also goes to `sink`. The CPU work (inflating, hashing,
-/// writing) runs right in the task, a chunk at a time: every task on this
-/// runtime is a fetch, and handing each chunk to another thread cost more
-/// than it saved.
+/// Where a fetched object's bytes go besides the cache.
+enum Fed<'a> {
+    /// Nowhere. Metadata is verified once whole, and a large metadata
+    /// object waits for its share of this budget first.
+    CacheOnly(&'a Semaphore),
+    /// A content object's payload also goes to a sink as it streams.
+    AlsoTo(&'a mut (dyn PayloadSink + Send)),
+}
+
+/// Fetches one object into `tx`, verifying it as it streams. The CPU work
+/// (inflating, hashing, writing) runs right in the task, a chunk at a time:
+/// every task on this runtime is a fetch, and handing each chunk to another
+/// thread cost more than it saved.
 async fn fetch_one(
     remote: &Remote,
     tx: &Transaction,
     name: ObjectName,
     limit: u64,
-    mut sink: Option<&mut (dyn PayloadSink + Send)>,
+    fed: Fed<'_>,
 ) -> Result<(), Error> {
     let path = name.relative_path();
     let url = remote.url(&path);
@@ -664,6 +685,20 @@ async fn fetch_one(
             url: url.clone(),
             reason: crate::error_chain(&e),
         },
+    };
+    let (mut sink, _large) = match fed {
+        Fed::AlsoTo(sink) => (Some(sink), None),
+        Fed::CacheOnly(large_metadata) if name.kind.is_metadata() && size > SMALL_METADATA => {
+            let kib = u32::try_from(size.div_ceil(1024))
+                .unwrap_or(u32::MAX)
+                .min(LARGE_METADATA_KIB);
+            let permit = large_metadata
+                .acquire_many(kib)
+                .await
+                .map_err(|e| Error::Local(e.to_string()))?;
+            (None, Some(permit))
+        }
+        Fed::CacheOnly(_) => (None, None),
     };
     let mut obj = tx.begin_fetched_object(name, size, limit).map_err(bad)?;
     while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
@@ -745,6 +780,7 @@ pub fn pull(
             remote: remote.clone(),
             tx: Arc::new(repo.begin()?),
             permits: Arc::new(Semaphore::new(PARALLEL_REQUESTS)),
+            large_metadata: Arc::new(Semaphore::new(LARGE_METADATA_KIB as usize)),
             max_object_size: u64::MAX,
             fetched: Arc::new(AtomicU64::new(0)),
         };

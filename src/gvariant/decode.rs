@@ -83,7 +83,7 @@ pub fn from_normal_bytes_within<'a>(
 
 /// The framing-offset width a reader derives from a container's total size
 /// (GLib's `gvs_get_offset_size`).
-fn offset_width(len: usize) -> usize {
+pub(crate) fn offset_width(len: usize) -> usize {
     if len <= 0xff {
         1
     } else if len <= 0xffff {
@@ -95,7 +95,7 @@ fn offset_width(len: usize) -> usize {
     }
 }
 
-fn read_offset(data: &[u8], at: usize, width: usize) -> Option<usize> {
+pub(crate) fn read_offset(data: &[u8], at: usize, width: usize) -> Option<usize> {
     let bytes = data.get(at..at.checked_add(width)?)?;
     let mut buf = [0u8; 8];
     buf[..width].copy_from_slice(bytes);
@@ -110,7 +110,7 @@ fn fixed<const N: usize>(ty: &Type, data: &[u8]) -> Result<[u8; N], DecodeError>
     })
 }
 
-fn string(data: &[u8]) -> Result<&str, DecodeError> {
+pub(crate) fn string(data: &[u8]) -> Result<&str, DecodeError> {
     let (&last, body) = data
         .split_last()
         .ok_or(DecodeError::BadString("empty, no terminating NUL"))?;

@@ -12,6 +12,7 @@
 
 mod decode;
 mod encode;
+pub(crate) mod framing;
 mod ty;
 mod value;
 

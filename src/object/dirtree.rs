@@ -7,9 +7,12 @@
 use std::fmt;
 
 use crate::checksum::Checksum;
-use crate::gvariant::{self, Type, Value};
+use crate::gvariant::{DecodeError, framing};
 
-use super::{Error, decode_object_within, structure};
+use super::{Error, MAX_METADATA_SIZE, structure};
+
+/// The type of a dirtree.
+const DIRTREE_TYPE: &str = "(a(say)a(sayay))";
 
 /// A name inside a directory: valid UTF-8, not empty, not `.` or `..`, and
 /// without `/` or NUL (`ot_util_filename_validate`).
@@ -77,52 +80,56 @@ impl DirTree {
     }
 
     /// Parses and validates normal-form bytes.
+    ///
+    /// A fetched dirtree may be 128 MiB, so it is read straight from its
+    /// framing (see [`gvariant::framing`]) into the entries, never into one
+    /// [`Value`](crate::gvariant::Value) per member; normal form is checked
+    /// by re-encoding.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let kind = "dirtree";
-        // A valid dirtree has 12 or more bytes per decoded value: an entry
-        // is a tuple, a name of at least "x\0", 32 or 64 bytes of checksums
-        // and an offset. One value per 8 bytes refuses, before it is built,
-        // what would otherwise take up to 48 bytes of memory per byte (a
-        // fetched dirtree may be 128 MiB).
-        let v = decode_object_within(kind, "(a(say)a(sayay))", data, Some(data.len() / 8 + 1024))?;
-        let Value::Tuple(m) = v else {
-            return Err(structure(kind, "not a tuple"));
-        };
-        let [Value::Array(_, file_items), Value::Array(_, dir_items)] = m.as_slice() else {
-            return Err(structure(kind, "unexpected members"));
-        };
-        let name = |v: &Value<'_>| -> Result<FileName, Error> {
-            let s = v
-                .as_str()
-                .ok_or_else(|| structure(kind, "name is not a string"))?;
+        if data.len() as u64 > MAX_METADATA_SIZE {
+            return Err(Error::TooLarge {
+                kind,
+                size: data.len() as u64,
+            });
+        }
+        let variant = |source| Error::Variant { kind, source };
+        let name = |bytes: &[u8]| -> Result<FileName, Error> {
+            let s = framing::string(bytes).map_err(variant)?;
             FileName::new(s).map_err(|e| structure(kind, e))
         };
-        let csum = |v: &Value<'_>| -> Result<Checksum, Error> {
-            let b = v
-                .as_bytes()
-                .ok_or_else(|| structure(kind, "checksum is not bytes"))?;
-            Checksum::from_slice(b).map_err(|e| structure(kind, e.to_string()))
+        let csum = |bytes: &[u8]| -> Result<Checksum, Error> {
+            Checksum::from_slice(bytes).map_err(|e| structure(kind, e.to_string()))
         };
-        let mut files = Vec::with_capacity(file_items.len());
+        let [file_items, dir_items] =
+            framing::tuple_members::<2>(DIRTREE_TYPE, data).map_err(variant)?;
+        let file_items = framing::array_elements("a(say)", file_items).map_err(variant)?;
+        // A valid entry takes at least 36 bytes (a name of two, a checksum,
+        // two offsets): an untrusted count sizes the vector only that far.
+        let mut files = Vec::with_capacity(file_items.len().min(data.len() / 36));
         for item in file_items {
-            match item.as_tuple() {
-                Some([n, c]) => files.push((name(n)?, csum(c)?)),
-                _ => return Err(structure(kind, "file entry is not (say)")),
-            }
+            let [n, c] =
+                framing::tuple_members::<2>("(say)", item.map_err(variant)?).map_err(variant)?;
+            files.push((name(n)?, csum(c)?));
         }
-        let mut dirs = Vec::with_capacity(dir_items.len());
+        let dir_items = framing::array_elements("a(sayay)", dir_items).map_err(variant)?;
+        let mut dirs = Vec::with_capacity(dir_items.len().min(data.len() / 70));
         for item in dir_items {
-            match item.as_tuple() {
-                Some([n, t, mm]) => dirs.push(SubdirEntry {
-                    name: name(n)?,
-                    tree: csum(t)?,
-                    meta: csum(mm)?,
-                }),
-                _ => return Err(structure(kind, "directory entry is not (sayay)")),
-            }
+            let [n, t, m] =
+                framing::tuple_members::<3>("(sayay)", item.map_err(variant)?).map_err(variant)?;
+            dirs.push(SubdirEntry {
+                name: name(n)?,
+                tree: csum(t)?,
+                meta: csum(m)?,
+            });
         }
         let tree = DirTree { files, dirs };
         tree.check_order()?;
+        let mut again = Vec::with_capacity(data.len());
+        tree.write(&mut again);
+        if again != data {
+            return Err(variant(DecodeError::NotNormalForm));
+        }
         Ok(tree)
     }
 
@@ -192,31 +199,31 @@ impl DirTree {
 
     /// The serialised object.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let ay = || Type::Array(Box::new(Type::Byte));
-        gvariant::to_bytes(&Value::Tuple(vec![
-            Value::Array(
-                Type::Tuple(vec![Type::Str, ay()]),
-                self.files
-                    .iter()
-                    .map(|(n, c)| {
-                        Value::Tuple(vec![Value::str(n.as_str()), Value::bytes(c.as_bytes())])
-                    })
-                    .collect(),
-            ),
-            Value::Array(
-                Type::Tuple(vec![Type::Str, ay(), ay()]),
-                self.dirs
-                    .iter()
-                    .map(|d| {
-                        Value::Tuple(vec![
-                            Value::str(d.name.as_str()),
-                            Value::bytes(d.tree.as_bytes()),
-                            Value::bytes(d.meta.as_bytes()),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ]))
+        let mut out = Vec::new();
+        self.write(&mut out);
+        out
+    }
+
+    /// Appends the serialised object to `out`, which must be empty.
+    fn write(&self, out: &mut Vec<u8>) {
+        use framing::Member;
+        debug_assert!(out.is_empty(), "the framing is relative to the start");
+        framing::write_array(out, self.files.iter(), |out, (n, c)| {
+            framing::write_tuple(out, &[Member::Str(n.as_str()), Member::Bytes(c.as_bytes())]);
+        });
+        let files_end = out.len();
+        framing::write_array(out, self.dirs.iter(), |out, d| {
+            framing::write_tuple(
+                out,
+                &[
+                    Member::Str(d.name.as_str()),
+                    Member::Bytes(d.tree.as_bytes()),
+                    Member::Bytes(d.meta.as_bytes()),
+                ],
+            );
+        });
+        // The outer tuple: both arrays, then the end of the first.
+        framing::write_offsets(out, 0, &[files_end]);
     }
 }
 
@@ -233,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn the_densest_valid_dirtree_decodes_and_a_denser_fake_is_refused_unbuilt() {
+    fn the_densest_valid_dirtree_decodes_and_a_denser_fake_is_refused_at_once() {
         // 200,000 files with the shortest distinct names there are.
         let alphabet: Vec<char> = ('0'..='9').chain('A'..='Z').chain('a'..='z').collect();
         let mut names: Vec<String> = Vec::new();
@@ -265,20 +272,23 @@ mod tests {
         let files = names.iter().map(|s| (n(s), c(1))).collect();
         let dense = DirTree::new(files, vec![]).expect("tree").to_bytes();
         assert_eq!(DirTree::parse(&dense).map(|t| t.files().len()), Ok(200_000));
-        // The same type with empty names and checksums: 2 bytes a value.
-        let entry = Value::Tuple(vec![Value::str(""), Value::Bytes(Vec::new().into())]);
-        let fake = Value::Tuple(vec![
-            Value::Array(Type::parse("(say)").expect("type"), vec![entry; 500_000]),
-            Value::Array(Type::parse("(sayay)").expect("type"), vec![]),
-        ]);
-        let fake = crate::gvariant::to_bytes(&fake);
-        assert!(matches!(
-            DirTree::parse(&fake),
-            Err(Error::Variant {
-                source: crate::gvariant::DecodeError::TooExpensive,
-                ..
-            })
-        ));
+        // Half a million entries with empty names and checksums, 2 bytes
+        // each: refused at the first name, before anything is built for the
+        // rest (the generic decoder would have built a value per member).
+        let mut fake = Vec::new();
+        framing::write_array(&mut fake, 0..500_000, |out, _| {
+            framing::write_tuple(
+                out,
+                &[framing::Member::Str(""), framing::Member::Bytes(&[])],
+            );
+        });
+        let files_end = fake.len();
+        framing::write_offsets(&mut fake, 0, &[files_end]);
+        assert!(
+            matches!(DirTree::parse(&fake), Err(Error::Structure { ref reason, .. }) if reason == "an empty file name"),
+            "{:?}",
+            DirTree::parse(&fake)
+        );
     }
 
     #[test]

@@ -204,18 +204,6 @@ pub(crate) fn decode_object<'a>(
     ty_str: &str,
     data: &'a [u8],
 ) -> Result<gvariant::Value<'a>, Error> {
-    decode_object_within(kind, ty_str, data, None)
-}
-
-/// [`decode_object`] within a budget of `units` decoded values when given
-/// (see [`gvariant::from_normal_bytes_within`]), for a type whose valid
-/// objects are known to be sparse.
-pub(crate) fn decode_object_within<'a>(
-    kind: &'static str,
-    ty_str: &str,
-    data: &'a [u8],
-    units: Option<usize>,
-) -> Result<gvariant::Value<'a>, Error> {
     if data.len() as u64 > MAX_METADATA_SIZE {
         return Err(Error::TooLarge {
             kind,
@@ -223,11 +211,7 @@ pub(crate) fn decode_object_within<'a>(
         });
     }
     let ty = gvariant::Type::parse(ty_str).map_err(|e| structure(kind, e.to_string()))?;
-    match units {
-        Some(units) => gvariant::from_normal_bytes_within(&ty, data, units),
-        None => gvariant::from_normal_bytes(&ty, data),
-    }
-    .map_err(|source| Error::Variant { kind, source })
+    gvariant::from_normal_bytes(&ty, data).map_err(|source| Error::Variant { kind, source })
 }
 
 /// Checks a metadata object's bytes fully: normal form, structure, sorting.

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::gvariant::Value;
+use crate::gvariant::{self, Type, Value};
 
 fn checksum() -> impl Strategy<Value = Checksum> {
     any::<[u8; 32]>().prop_map(Checksum::from_array)
@@ -26,7 +26,140 @@ fn xattrs() -> impl Strategy<Value = Xattrs> {
     .prop_map(|pairs| Xattrs::from_pairs(pairs.into_iter().map(|(n, v)| (n.into_bytes(), v))))
 }
 
+fn dirtree() -> impl Strategy<Value = DirTree> {
+    (
+        prop::collection::btree_map(file_name(), checksum(), 0..6),
+        prop::collection::btree_map(file_name(), (checksum(), checksum()), 0..6),
+    )
+        .prop_map(|(files, dirs)| {
+            let dirs = dirs
+                .into_iter()
+                .filter(|(n, _)| !files.contains_key(n))
+                .map(|(name, (tree, meta))| SubdirEntry { name, tree, meta })
+                .collect();
+            DirTree::new(files.into_iter().collect(), dirs).expect("names are unique")
+        })
+}
+
+/// A dirtree as the generic codec writes it: what [`DirTree::to_bytes`] must
+/// equal.
+fn dirtree_value(t: &DirTree) -> Value<'_> {
+    let ty = |s| Type::parse(s).expect("type");
+    Value::Tuple(vec![
+        Value::Array(
+            ty("(say)"),
+            t.files()
+                .iter()
+                .map(|(n, c)| {
+                    Value::Tuple(vec![Value::str(n.as_str()), Value::bytes(c.as_bytes())])
+                })
+                .collect(),
+        ),
+        Value::Array(
+            ty("(sayay)"),
+            t.dirs()
+                .iter()
+                .map(|d| {
+                    Value::Tuple(vec![
+                        Value::str(d.name.as_str()),
+                        Value::bytes(d.tree.as_bytes()),
+                        Value::bytes(d.meta.as_bytes()),
+                    ])
+                })
+                .collect(),
+        ),
+    ])
+}
+
+/// A dirtree as the generic codec reads it, with the same rules (valid
+/// names, 32-byte checksums, sorted and distinct): what [`DirTree::parse`]
+/// must agree with.
+fn dirtree_from_generic(data: &[u8]) -> Option<DirTree> {
+    let v = gvariant::from_normal_bytes(&Type::parse("(a(say)a(sayay))").ok()?, data).ok()?;
+    let Value::Tuple(members) = v else {
+        return None;
+    };
+    let [Value::Array(_, files), Value::Array(_, dirs)] = members.as_slice() else {
+        return None;
+    };
+    let name = |v: &Value<'_>| FileName::new(v.as_str()?).ok();
+    let sum = |v: &Value<'_>| Checksum::from_slice(v.as_bytes()?).ok();
+    let files = files
+        .iter()
+        .map(|e| match e.as_tuple()? {
+            [n, c] => Some((name(n)?, sum(c)?)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let dirs = dirs
+        .iter()
+        .map(|e| match e.as_tuple()? {
+            [n, t, m] => Some(SubdirEntry {
+                name: name(n)?,
+                tree: sum(t)?,
+                meta: sum(m)?,
+            }),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let tree = DirTree::new(files.clone(), dirs.clone()).ok()?;
+    // `new` sorts; a parser refuses what was not sorted already.
+    (tree.files() == files.as_slice() && tree.dirs() == dirs.as_slice()).then_some(tree)
+}
+
+/// Ways to damage bytes: set one, cut the rest, insert one, remove one.
+#[derive(Debug, Clone)]
+enum Damage {
+    Set(prop::sample::Index, u8),
+    Truncate(prop::sample::Index),
+    Insert(prop::sample::Index, u8),
+    Remove(prop::sample::Index),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Damage::Set(i, b)),
+        any::<prop::sample::Index>().prop_map(Damage::Truncate),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Damage::Insert(i, b)),
+        any::<prop::sample::Index>().prop_map(Damage::Remove),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, damage: &Damage) {
+    if bytes.is_empty() {
+        return;
+    }
+    match damage {
+        Damage::Set(i, b) => {
+            let i = i.index(bytes.len());
+            bytes[i] = *b;
+        }
+        Damage::Truncate(i) => bytes.truncate(i.index(bytes.len())),
+        Damage::Insert(i, b) => bytes.insert(i.index(bytes.len() + 1), *b),
+        Damage::Remove(i) => {
+            bytes.remove(i.index(bytes.len()));
+        }
+    }
+}
+
 proptest! {
+    #[test]
+    fn dirtree_encoding_equals_the_generic_codecs(t in dirtree()) {
+        prop_assert_eq!(t.to_bytes(), gvariant::to_bytes(&dirtree_value(&t)));
+    }
+
+    #[test]
+    fn dirtree_parsing_agrees_with_the_generic_codec_on_damaged_bytes(
+        t in dirtree(),
+        damages in prop::collection::vec(damage(), 1..4),
+    ) {
+        let mut bytes = t.to_bytes();
+        for d in &damages {
+            apply(&mut bytes, d);
+        }
+        prop_assert_eq!(DirTree::parse(&bytes).ok(), dirtree_from_generic(&bytes));
+    }
+
     #[test]
     fn dirtree_round_trips(
         files in prop::collection::btree_map(file_name(), checksum(), 0..20),

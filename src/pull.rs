@@ -46,7 +46,9 @@ const PUBLISH_EVERY: usize = 512;
 /// a dirtree takes about four times its size (ostree allows 128 MiB): the
 /// large ones (over [`SMALL_METADATA`]) are fetched only while the sizes in
 /// flight stay within this many KiB, so that a server sending many large
-/// dirtrees at once cannot take more than about 0.6 GB.
+/// dirtrees at once cannot take more than about 0.6 GB. A response waits
+/// with its body unread: fine over HTTP/1.1 (one connection each), but with
+/// HTTP/2 the waiting streams would fill the shared connection's window.
 const LARGE_METADATA_KIB: u32 = 128 * 1024;
 /// Metadata up to this size is fetched without counting.
 const SMALL_METADATA: u64 = 1024 * 1024;
@@ -686,6 +688,9 @@ async fn fetch_one(
             reason: crate::error_chain(&e),
         },
     };
+    // The limits of the object's kind first: one too large for them is
+    // refused at once instead of waiting for the budget.
+    let mut obj = tx.begin_fetched_object(name, size, limit).map_err(bad)?;
     let (mut sink, _large) = match fed {
         Fed::AlsoTo(sink) => (Some(sink), None),
         Fed::CacheOnly(large_metadata) if name.kind.is_metadata() && size > SMALL_METADATA => {
@@ -700,7 +705,6 @@ async fn fetch_one(
         }
         Fed::CacheOnly(_) => (None, None),
     };
-    let mut obj = tx.begin_fetched_object(name, size, limit).map_err(bad)?;
     while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
         url: url.clone(),
         reason,

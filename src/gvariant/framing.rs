@@ -140,10 +140,10 @@ pub(crate) enum Member<'a> {
 }
 
 /// Appends a tuple of strings and byte arrays in normal form.
-pub(crate) fn write_tuple(out: &mut Vec<u8>, members: &[Member<'_>]) {
+pub(crate) fn write_tuple<const N: usize>(out: &mut Vec<u8>, members: &[Member<'_>; N]) {
     let start = out.len();
-    let mut ends = Vec::with_capacity(members.len());
-    for member in members {
+    let mut ends = [0usize; N];
+    for (member, end) in members.iter().zip(&mut ends) {
         match member {
             Member::Str(s) => {
                 out.extend_from_slice(s.as_bytes());
@@ -151,12 +151,12 @@ pub(crate) fn write_tuple(out: &mut Vec<u8>, members: &[Member<'_>]) {
             }
             Member::Bytes(b) => out.extend_from_slice(b),
         }
-        ends.push(out.len() - start);
+        *end = out.len() - start;
     }
     // The ends of all members but the last, in reverse order.
-    ends.pop();
-    ends.reverse();
-    write_offsets(out, start, &ends);
+    let framed = &mut ends[..N.saturating_sub(1)];
+    framed.reverse();
+    write_offsets(out, start, framed);
 }
 
 /// Appends an array whose elements have alignment 1 and no fixed size, each

@@ -82,7 +82,7 @@ impl DirTree {
     /// Parses and validates normal-form bytes.
     ///
     /// A fetched dirtree may be 128 MiB, so it is read straight from its
-    /// framing (see [`gvariant::framing`]) into the entries, never into one
+    /// framing (`src/gvariant/framing.rs`) into the entries, never into one
     /// [`Value`](crate::gvariant::Value) per member; normal form is checked
     /// by re-encoding.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
@@ -101,19 +101,22 @@ impl DirTree {
         let csum = |bytes: &[u8]| -> Result<Checksum, Error> {
             Checksum::from_slice(bytes).map_err(|e| structure(kind, e.to_string()))
         };
-        let [file_items, dir_items] =
+        let [file_bytes, dir_bytes] =
             framing::tuple_members::<2>(DIRTREE_TYPE, data).map_err(variant)?;
-        let file_items = framing::array_elements("a(say)", file_items).map_err(variant)?;
-        // A valid entry takes at least 36 bytes (a name of two, a checksum,
-        // two offsets): an untrusted count sizes the vector only that far.
-        let mut files = Vec::with_capacity(file_items.len().min(data.len() / 36));
+        let file_items = framing::array_elements("a(say)", file_bytes).map_err(variant)?;
+        // An untrusted count sizes a vector only as far as the array's bytes
+        // could hold valid entries: a file takes at least 36 (a name of two,
+        // a checksum, its offset in the tuple and in the array).
+        let mut files = Vec::with_capacity(file_items.len().min(file_bytes.len() / 36));
         for item in file_items {
             let [n, c] =
                 framing::tuple_members::<2>("(say)", item.map_err(variant)?).map_err(variant)?;
             files.push((name(n)?, csum(c)?));
         }
-        let dir_items = framing::array_elements("a(sayay)", dir_items).map_err(variant)?;
-        let mut dirs = Vec::with_capacity(dir_items.len().min(data.len() / 70));
+        let dir_items = framing::array_elements("a(sayay)", dir_bytes).map_err(variant)?;
+        // A directory takes at least 69: a name of two, two checksums, two
+        // offsets in the tuple and one in the array.
+        let mut dirs = Vec::with_capacity(dir_items.len().min(dir_bytes.len() / 69));
         for item in dir_items {
             let [n, t, m] =
                 framing::tuple_members::<3>("(sayay)", item.map_err(variant)?).map_err(variant)?;

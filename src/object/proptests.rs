@@ -27,9 +27,24 @@ fn xattrs() -> impl Strategy<Value = Xattrs> {
 }
 
 fn dirtree() -> impl Strategy<Value = DirTree> {
+    dirtree_of(file_name, 0..6)
+}
+
+/// Dirtrees whose entries and arrays cross the 255- and 65,535-byte limits
+/// of one- and two-byte framing offsets.
+fn wide_dirtree() -> impl Strategy<Value = DirTree> {
+    let long_name =
+        || "[a-z\u{e9}]{110,230}".prop_map(|s| FileName::new(&s).expect("valid by construction"));
+    dirtree_of(long_name, 0..300)
+}
+
+fn dirtree_of<S: Strategy<Value = FileName>>(
+    name: impl Fn() -> S,
+    entries: std::ops::Range<usize>,
+) -> impl Strategy<Value = DirTree> {
     (
-        prop::collection::btree_map(file_name(), checksum(), 0..6),
-        prop::collection::btree_map(file_name(), (checksum(), checksum()), 0..6),
+        prop::collection::btree_map(name(), checksum(), entries.clone()),
+        prop::collection::btree_map(name(), (checksum(), checksum()), entries),
     )
         .prop_map(|(files, dirs)| {
             let dirs = dirs
@@ -219,5 +234,22 @@ proptest! {
         let h = FileHeader { uid, gid, mode, symlink_target: target, xattrs: x };
         let bytes = filez_header_bytes(&h, size);
         prop_assert_eq!(parse_filez_header(&bytes[8..]), Ok((h, size)));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn wide_dirtrees_encode_as_the_generic_codec_and_parse_alike_when_damaged(
+        t in wide_dirtree(),
+        damages in prop::collection::vec(damage(), 0..3),
+    ) {
+        let mut bytes = t.to_bytes();
+        prop_assert_eq!(&bytes, &gvariant::to_bytes(&dirtree_value(&t)));
+        for d in &damages {
+            apply(&mut bytes, d);
+        }
+        prop_assert_eq!(DirTree::parse(&bytes).ok(), dirtree_from_generic(&bytes));
     }
 }

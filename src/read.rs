@@ -809,8 +809,9 @@ fn walk_closure(
 /// Where `-o OUT` output goes. `-` is standard output, which has whatever
 /// was written when a failure is found. A file is written beside OUT under a
 /// hidden temporary name and takes OUT's place only in [`Output::finish`],
-/// so a failure leaves an existing OUT as it was and no partial file; OUT is
-/// then a new file (an old one's mode, owner and other links are not kept).
+/// so a failure leaves an existing OUT as it was and no partial file. The
+/// new file keeps an old OUT's permissions (not set-id bits), and its owner
+/// where that is allowed; other hard links to the old OUT keep the old bytes.
 /// What is not a regular file (`/dev/null`, a fifo, a symlink), and a file
 /// in a directory that cannot be written, is written to in place.
 pub struct Output {
@@ -847,7 +848,11 @@ impl Output {
                 .permissions(fs::Permissions::from_mode(0o666))
                 .tempfile_in(dir)
             {
-                Ok(temp) => OutputTo::Replacing(temp),
+                Ok(temp) => {
+                    keep_mode_and_owner(path, temp.as_file())
+                        .map_err(io_err("chmod", temp.path()))?;
+                    OutputTo::Replacing(temp)
+                }
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
                 }
@@ -879,6 +884,23 @@ impl Output {
         }
         Ok(())
     }
+}
+
+/// Gives `new`, which is to replace the regular file at `old`, the old
+/// file's permission bits but set-id and sticky (fetched bytes do not
+/// inherit a privilege), and its owner and group where this user may.
+fn keep_mode_and_owner(old: &Path, new: &File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(old) else {
+        return Ok(());
+    };
+    let mine = new.metadata()?;
+    if (meta.uid(), meta.gid()) != (mine.uid(), mine.gid()) {
+        // Only root may give a file away, and a user only to their groups.
+        let _ = std::os::unix::fs::fchown(new, Some(meta.uid()), Some(meta.gid()))
+            .or_else(|_| std::os::unix::fs::fchown(new, None, Some(meta.gid())));
+    }
+    new.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))
 }
 
 impl Output {

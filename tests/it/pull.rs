@@ -2,6 +2,7 @@
 //! repositories depot and ostree wrote, honest and hostile.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -564,10 +565,14 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
     assert_eq!(fs::read_to_string(&out).expect("read"), "precious\n");
     assert_eq!(names_in(&outs), ["big.bin"]);
 
+    // Replaced, OUT keeps its permissions, but not a set-id bit.
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o4751)).expect("chmod");
     ok(get("/data/big.bin"));
     let want = fs::read(tree.join("data/big.bin")).expect("read");
     assert!(fs::read(&out).expect("read") == want);
     assert_eq!(names_in(&outs), ["big.bin"]);
+    let mode = fs::metadata(&out).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o7777, 0o751, "{mode:o}");
 
     // The cached copy damaged: `depot cat` of it from the cache fails and
     // leaves no file; the pull fetches it again.

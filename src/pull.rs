@@ -43,7 +43,7 @@ const PARALLEL_REQUESTS: usize = 16;
 /// interrupted pull keeps what it fetched.
 const PUBLISH_EVERY: usize = 512;
 /// A metadata object is held in memory while it is verified, and checking
-/// a dirtree takes about four times its size (ostree allows 128 MiB): the
+/// a dirtree takes about three times its size (ostree allows 128 MiB): the
 /// large ones (over [`SMALL_METADATA`]) are fetched only while the sizes in
 /// flight stay within this many KiB, so that a server sending many large
 /// dirtrees at once cannot take more than about 0.6 GB. A response waits

@@ -137,7 +137,7 @@ fn layout(v: &Value<'_>) -> (usize, bool) {
 /// Appends framing offsets for a container that began at `start`, choosing the
 /// smallest width that can address the whole container (GLib's
 /// `gvs_calculate_total_size`).
-pub(crate) fn write_offsets(out: &mut Vec<u8>, start: usize, ends: &[usize]) {
+fn write_offsets(out: &mut Vec<u8>, start: usize, ends: &[usize]) {
     let body = out.len() - start;
     let width = offset_width_for_body(body, ends.len());
     for &end in ends {

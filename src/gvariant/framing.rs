@@ -8,15 +8,14 @@
 //! fixed size, so a container is its members back to back, then the framing
 //! offsets: no padding, and positions relative to the container equal
 //! positions in the buffer. Callers check normal form by re-encoding what
-//! they parsed with the writers here and comparing, as
-//! [`from_normal_bytes`](super::from_normal_bytes) does.
+//! they parsed and comparing, as [`from_normal_bytes`](super::from_normal_bytes)
+//! does; the writers here can compare as they go ([`Matches`]) instead of
+//! building a second copy.
 //!
 //! [`Value`]: super::Value
 
 use super::decode::{DecodeError, offset_width, read_offset};
-/// Appends the framing offsets of a container that began at `start`, given
-/// the ends (relative to `start`) that its framing records.
-pub(crate) use super::encode::write_offsets;
+use super::encode::offset_width_for_body;
 
 fn bad_offset(ty: &str) -> DecodeError {
     DecodeError::BadOffset { ty: ty.into() }
@@ -131,6 +130,69 @@ pub(crate) fn string(data: &[u8]) -> Result<&str, DecodeError> {
     super::decode::string(data)
 }
 
+/// Where the writers put bytes.
+pub(crate) trait Output {
+    /// Bytes written so far.
+    fn position(&self) -> usize;
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Output for Vec<u8> {
+    fn position(&self) -> usize {
+        self.len()
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Compares what is written with bytes already there, keeping nothing.
+pub(crate) struct Matches<'a> {
+    expected: &'a [u8],
+    position: usize,
+    equal: bool,
+}
+
+impl<'a> Matches<'a> {
+    /// Compares with `expected`.
+    pub(crate) fn new(expected: &'a [u8]) -> Self {
+        Matches {
+            expected,
+            position: 0,
+            equal: true,
+        }
+    }
+
+    /// Whether everything written equals all of the expected bytes.
+    pub(crate) fn matched(&self) -> bool {
+        self.equal && self.position == self.expected.len()
+    }
+}
+
+impl Output for Matches<'_> {
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.position.saturating_add(bytes.len());
+        self.equal = self.equal && self.expected.get(self.position..end) == Some(bytes);
+        self.position = end;
+    }
+}
+
+/// Appends the framing offsets of a container that began at `start`: the
+/// ends (relative to `start`) that its framing records, in the smallest
+/// width that addresses the whole container.
+pub(crate) fn write_offsets(out: &mut impl Output, start: usize, ends: &[usize]) {
+    let width = offset_width_for_body(out.position() - start, ends.len());
+    for &end in ends {
+        out.put(&end.to_le_bytes()[..width]);
+    }
+}
+
 /// A member for [`write_tuple`].
 pub(crate) enum Member<'a> {
     /// Written with its NUL.
@@ -140,18 +202,18 @@ pub(crate) enum Member<'a> {
 }
 
 /// Appends a tuple of strings and byte arrays in normal form.
-pub(crate) fn write_tuple<const N: usize>(out: &mut Vec<u8>, members: &[Member<'_>; N]) {
-    let start = out.len();
+pub(crate) fn write_tuple<const N: usize>(out: &mut impl Output, members: &[Member<'_>; N]) {
+    let start = out.position();
     let mut ends = [0usize; N];
     for (member, end) in members.iter().zip(&mut ends) {
         match member {
             Member::Str(s) => {
-                out.extend_from_slice(s.as_bytes());
-                out.push(0);
+                out.put(s.as_bytes());
+                out.put(&[0]);
             }
-            Member::Bytes(b) => out.extend_from_slice(b),
+            Member::Bytes(b) => out.put(b),
         }
-        *end = out.len() - start;
+        *end = out.position() - start;
     }
     // The ends of all members but the last, in reverse order.
     let framed = &mut ends[..N.saturating_sub(1)];
@@ -161,16 +223,59 @@ pub(crate) fn write_tuple<const N: usize>(out: &mut Vec<u8>, members: &[Member<'
 
 /// Appends an array whose elements have alignment 1 and no fixed size, each
 /// written by `write_element`, in normal form.
-pub(crate) fn write_array<T>(
-    out: &mut Vec<u8>,
+pub(crate) fn write_array<O: Output, T>(
+    out: &mut O,
     elements: impl ExactSizeIterator<Item = T>,
-    mut write_element: impl FnMut(&mut Vec<u8>, T),
+    mut write_element: impl FnMut(&mut O, T),
 ) {
-    let start = out.len();
+    let start = out.position();
     let mut ends = Vec::with_capacity(elements.len());
     for element in elements {
         write_element(out, element);
-        ends.push(out.len() - start);
+        ends.push(out.position() - start);
     }
     write_offsets(out, start, &ends);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_only_the_same_bytes_all_of_them() {
+        let matched = |expected: &[u8], pieces: &[&[u8]]| {
+            let mut m = Matches::new(expected);
+            for p in pieces {
+                m.put(p);
+            }
+            m.matched()
+        };
+        assert!(matched(b"abc", &[b"a", b"", b"bc"]));
+        assert!(matched(b"", &[]));
+        assert!(!matched(b"abc", &[b"ab"]), "shorter");
+        assert!(!matched(b"abc", &[b"abc", b"d"]), "longer");
+        assert!(!matched(b"abc", &[b"abd"]), "different");
+        assert!(!matched(b"abc", &[b"x", b"bc"]), "a difference stays");
+    }
+
+    #[test]
+    fn writers_and_readers_agree_on_a_tuple_and_an_array() {
+        let mut out = Vec::new();
+        write_array(&mut out, ["x", "yz"].into_iter(), |out, s| {
+            write_tuple(out, &[Member::Str(s), Member::Bytes(b"\x01\x02")]);
+        });
+        // ("x\0", [1, 2]) and ("yz\0", [1, 2]): each tuple's one offset is
+        // the end of its string; the array's, the end of each tuple.
+        assert_eq!(out, b"x\0\x01\x02\x02yz\0\x01\x02\x03\x05\x0b");
+        let elements: Vec<&[u8]> = array_elements("a(say)", &out)
+            .expect("array")
+            .collect::<Result<_, _>>()
+            .expect("elements");
+        assert_eq!(
+            elements,
+            [&b"x\0\x01\x02\x02"[..], &b"yz\0\x01\x02\x03"[..]]
+        );
+        let [s, b] = tuple_members::<2>("(say)", elements[1]).expect("tuple");
+        assert_eq!((string(s), b), (Ok("yz"), &b"\x01\x02"[..]));
+    }
 }

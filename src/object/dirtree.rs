@@ -128,9 +128,9 @@ impl DirTree {
         }
         let tree = DirTree { files, dirs };
         tree.check_order()?;
-        let mut again = Vec::with_capacity(data.len());
+        let mut again = framing::Matches::new(data);
         tree.write(&mut again);
-        if again != data {
+        if !again.matched() {
             return Err(variant(DecodeError::NotNormalForm));
         }
         Ok(tree)
@@ -207,14 +207,14 @@ impl DirTree {
         out
     }
 
-    /// Appends the serialised object to `out`, which must be empty.
-    fn write(&self, out: &mut Vec<u8>) {
+    /// Writes the serialised object to `out`, which must be at its start.
+    fn write(&self, out: &mut impl framing::Output) {
         use framing::Member;
-        debug_assert!(out.is_empty(), "the framing is relative to the start");
+        debug_assert_eq!(out.position(), 0, "the framing is relative to the start");
         framing::write_array(out, self.files.iter(), |out, (n, c)| {
             framing::write_tuple(out, &[Member::Str(n.as_str()), Member::Bytes(c.as_bytes())]);
         });
-        let files_end = out.len();
+        let files_end = out.position();
         framing::write_array(out, self.dirs.iter(), |out, d| {
             framing::write_tuple(
                 out,

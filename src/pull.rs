@@ -887,28 +887,34 @@ fn checkpoint(fetcher: &mut Fetcher, repo: &Repo) -> Result<(), Error> {
 async fn pull_checkout(
     fetcher: &mut Fetcher,
     repo: &Repo,
-    checksum: Checksum,
+    commit_id: Checksum,
     commit: &Commit,
     dest: &Path,
 ) -> Result<Option<CheckoutStats>, Error> {
+    // Nesting past the limit is the server's doing: the error names the
+    // commit, wherever it is found (a subtree shared at two depths is
+    // fetched once, at the shallower, and found too deep only when the
+    // checkout is planned).
+    let commit_url = fetcher
+        .remote
+        .url(&ObjectName::new(commit_id, ObjectType::Commit).relative_path());
+    let too_deep = |path: &str| Error::Invalid {
+        url: commit_url.clone(),
+        reason: format!(
+            "in the tree of commit {commit_id}, {path} is nested deeper than {} directories, \
+             which depot does not check out; nothing was checked out",
+            read::MAX_TREE_DEPTH
+        ),
+    };
     let building = checkout_target(dest)?;
     let (root_tree, root_meta) = (commit.root_tree, commit.root_meta);
     let mut level = vec![(root_tree, root_meta)];
     let mut seen = HashSet::new();
+    // The root is at depth 0, as in `read::Checkout`.
     let mut depth = 0usize;
     while !level.is_empty() {
-        depth += 1;
         if depth > read::MAX_TREE_DEPTH {
-            return Err(Error::Invalid {
-                url: fetcher
-                    .remote
-                    .url(&ObjectName::new(checksum, ObjectType::Commit).relative_path()),
-                reason: format!(
-                    "the tree of commit {checksum} nests deeper than {} directories, \
-                     which neither depot nor ostree checks out; nothing was checked out",
-                    read::MAX_TREE_DEPTH
-                ),
-            });
+            return Err(too_deep("a directory"));
         }
         let names: Vec<(ObjectName, Option<u64>)> = level
             .iter()
@@ -929,6 +935,7 @@ async fn pull_checkout(
             }
         }
         level = next;
+        depth += 1;
     }
     checkpoint(fetcher, repo)?;
     tracing::debug!("directories fetched");
@@ -936,7 +943,11 @@ async fn pull_checkout(
         Building::Beside(locked, _) => locked.path(),
         Building::InPlace => dest,
     };
-    match fill_checkout(fetcher, repo, root_tree, root_meta, dir).await {
+    let filled = match fill_checkout(fetcher, repo, root_tree, root_meta, dir).await {
+        Err(Error::Read(read::Error::TooDeep { path })) => Err(too_deep(&path)),
+        filled => filled,
+    };
+    match filled {
         Ok(stats) => {
             if let Building::Beside(locked, target) = building {
                 locked.rename_to(&target).map_err(|e| {

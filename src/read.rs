@@ -53,7 +53,7 @@ pub enum Error {
         /// What it is instead.
         what: String,
     },
-    /// A tree nested deeper than ostree allows.
+    /// A tree nested deeper than [`MAX_TREE_DEPTH`].
     #[error("{path} is nested deeper than {MAX_TREE_DEPTH} directories; refusing to go on")]
     TooDeep {
         /// Where the limit was reached.
@@ -79,7 +79,8 @@ pub enum Error {
     },
 }
 
-/// Deepest directory nesting followed (ostree's `OSTREE_MAX_RECURSION`).
+/// Deepest directory nesting followed, the root at depth 0 (the value of
+/// ostree's `OSTREE_MAX_RECURSION`).
 pub const MAX_TREE_DEPTH: usize = 256;
 
 /// The most files, symlinks and directories one checkout makes. A dirtree
@@ -90,34 +91,45 @@ pub const MAX_CHECKOUT_ENTRIES: u64 = 10_000_000;
 
 /// How many files, symlinks and directories the tree `tree` holds, below it
 /// and counting it; each distinct dirtree is read once. Stops counting past
-/// [`MAX_CHECKOUT_ENTRIES`].
+/// [`MAX_CHECKOUT_ENTRIES`]. A tree nested deeper than [`MAX_TREE_DEPTH`]
+/// fails here, before a checkout creates anything.
 pub fn expanded_entries(repo: &Repo, tree: &Checksum) -> Result<u64, Error> {
+    /// The entries below `tree` and counting it, and how deep its deepest
+    /// directory is below it. A subtree met again is not read again, but
+    /// its depth is checked again: it may be deeper this time.
     fn count(
         repo: &Repo,
         tree: &Checksum,
         depth: usize,
-        known: &mut HashMap<Checksum, u64>,
-    ) -> Result<u64, Error> {
-        if let Some(n) = known.get(tree) {
-            return Ok(*n);
+        known: &mut HashMap<Checksum, (u64, usize)>,
+    ) -> Result<(u64, usize), Error> {
+        let too_deep = || Error::TooDeep {
+            path: format!("a path below dirtree {tree}"),
+        };
+        if let Some(&(n, height)) = known.get(tree) {
+            if depth + height > MAX_TREE_DEPTH {
+                return Err(too_deep());
+            }
+            return Ok((n, height));
         }
         if depth > MAX_TREE_DEPTH {
-            return Err(Error::TooDeep {
-                path: format!("a path below dirtree {tree}"),
-            });
+            return Err(too_deep());
         }
         let t = repo.load_dirtree(tree)?;
         let mut n = 1 + t.files().len() as u64;
+        let mut height = 0;
         for d in t.dirs() {
-            n = n.saturating_add(count(repo, &d.tree, depth + 1, known)?);
+            let (below, below_height) = count(repo, &d.tree, depth + 1, known)?;
+            n = n.saturating_add(below);
+            height = height.max(below_height + 1);
             if n > MAX_CHECKOUT_ENTRIES {
                 break;
             }
         }
-        known.insert(*tree, n);
-        Ok(n)
+        known.insert(*tree, (n, height));
+        Ok((n, height))
     }
-    count(repo, tree, 0, &mut HashMap::new())
+    count(repo, tree, 0, &mut HashMap::new()).map(|(n, _)| n)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {

@@ -704,45 +704,88 @@ fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anyth
 }
 
 #[test]
-fn a_tree_nested_deeper_than_ostree_allows_is_refused_naming_the_commit() {
+fn a_tree_nested_deeper_than_256_directories_is_refused_naming_the_commit() {
     use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
     let tmp = tempdir();
     let path = tmp.path().join("repo");
     let repo = depot::repo::Repo::init(&path).expect("init");
     let tx = repo.begin().expect("begin");
     let meta = stage_plain_dirmeta(&tx);
-    let mut tree = tx
-        .write_metadata(ObjectType::DirTree, &DirTree::default().to_bytes())
-        .expect("stage");
-    for _ in 0..300 {
-        let dirs = vec![SubdirEntry {
-            name: FileName::new("d").expect("name"),
-            tree,
-            meta,
-        }];
-        let bytes = DirTree::new(vec![], dirs).expect("tree").to_bytes();
-        tree = tx
-            .write_metadata(ObjectType::DirTree, &bytes)
-            .expect("stage");
+    let put = |tree: &DirTree| tx.write_metadata(ObjectType::DirTree, &tree.to_bytes());
+    // `levels` directories named `name`, each in the one before, above `bottom`.
+    let nest = |name: &str, levels: usize, bottom| {
+        (0..levels).fold(bottom, |tree, _| {
+            let dirs = vec![SubdirEntry {
+                name: FileName::new(name).expect("name"),
+                tree,
+                meta,
+            }];
+            put(&DirTree::new(vec![], dirs).expect("tree")).expect("stage")
+        })
+    };
+    let empty = put(&DirTree::default()).expect("stage");
+    // The root and 256 directories below it: the deepest that is checked out.
+    let deepest = nest("d", 256, empty);
+    let too_deep = nest("d", 1, deepest);
+    // A subtree 200 deep, also reached 100 directories further down.
+    let shared = nest("a", 199, empty);
+    let root = DirTree::new(
+        vec![],
+        vec![
+            SubdirEntry {
+                name: FileName::new("a").expect("name"),
+                tree: shared,
+                meta,
+            },
+            SubdirEntry {
+                name: FileName::new("c").expect("name"),
+                tree: nest("c", 100, shared),
+                meta,
+            },
+        ],
+    )
+    .expect("tree");
+    let shared_twice = put(&root).expect("stage");
+    tx.publish_unsynced().expect("publish");
+    for (name, tree) in [
+        ("deepest", deepest),
+        ("too-deep", too_deep),
+        ("shared", shared_twice),
+    ] {
+        let tx = repo.begin().expect("begin");
+        publish_as_ref(tx, &path, name, tree, meta);
     }
-    publish_as_ref(tx, &path, "deep", tree, meta);
-    let commit = fs::read_to_string(path.join("refs/heads/deep")).expect("ref");
-    let commit = commit.trim();
 
     let url = format!("file://{}", path.display());
-    let dest = tmp.path().join("co");
-    let err = fails(pull(&url, "deep", &tmp.path().join("cache")).arg(&dest));
-    assert!(
-        err.contains(&format!("{url}/objects/{}/", &commit[..2]))
-            && err.contains(&format!(
-                "commit {commit} nests deeper than 256 directories"
-            )),
-        "{err}"
-    );
-    assert!(!dest.exists());
-    let err = fails(depot_in("checkout", &path).args(["deep"]).arg(&dest));
-    assert!(err.contains("nested deeper than 256 directories"), "{err}");
-    assert!(!dest.exists());
+    let cache = tmp.path().join("cache");
+    ok(pull(&url, "deepest", &cache).arg(tmp.path().join("co")));
+    let mut deepest_dir = tmp.path().join("co");
+    for _ in 0..256 {
+        deepest_dir.push("d");
+    }
+    assert!(deepest_dir.is_dir());
+    ok(depot_in("checkout", &path)
+        .args(["deepest"])
+        .arg(tmp.path().join("co2")));
+
+    let dest = tmp.path().join("refused");
+    for name in ["too-deep", "shared"] {
+        let commit = read_ref(&path, name);
+        let err = fails(pull(&url, name, &cache).arg(&dest));
+        assert!(
+            err.contains(&format!("{url}/objects/{}/", &commit[..2]))
+                && err.contains(&format!("in the tree of commit {commit}, "))
+                && err.contains("nested deeper than 256 directories"),
+            "{name}: {err}"
+        );
+        assert!(!dest.exists());
+        let err = fails(depot_in("checkout", &path).arg(name).arg(&dest));
+        assert!(
+            err.contains("nested deeper than 256 directories"),
+            "{name}: {err}"
+        );
+        assert!(!dest.exists());
+    }
 }
 
 #[test]

@@ -822,8 +822,8 @@ fn walk_closure(
 /// was written when a failure is found. A file is written beside OUT under a
 /// hidden temporary name and takes OUT's place only in [`Output::finish`],
 /// so a failure leaves an existing OUT as it was and no partial file. The
-/// new file keeps an old OUT's permissions (not set-id bits), and its owner
-/// where that is allowed; other hard links to the old OUT keep the old bytes.
+/// new file keeps the permissions (not set-id bits) of an old OUT this user
+/// owns; other hard links to the old OUT keep the old bytes.
 /// What is not a regular file (`/dev/null`, a fifo, a symlink), and a file
 /// in a directory that cannot be written, is written to in place.
 pub struct Output {
@@ -861,8 +861,8 @@ impl Output {
                 .tempfile_in(dir)
             {
                 Ok(temp) => {
-                    keep_mode_and_owner(path, temp.as_file())
-                        .map_err(io_err("chmod", temp.path()))?;
+                    keep_mode(path, temp.as_file())
+                        .map_err(io_err("give the new file the mode of", path))?;
                     OutputTo::Replacing(temp)
                 }
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -899,20 +899,20 @@ impl Output {
 }
 
 /// Gives `new`, which is to replace the regular file at `old`, the old
-/// file's permission bits but set-id and sticky (fetched bytes do not
-/// inherit a privilege), and its owner and group where this user may.
-fn keep_mode_and_owner(old: &Path, new: &File) -> io::Result<()> {
+/// file's permission bits when this user owns it, without set-id and
+/// sticky bits (fetched bytes do not inherit a privilege). A file someone
+/// else owns says nothing about how this user's output should be shared:
+/// `new` keeps its own owner and the umask's mode.
+fn keep_mode(old: &Path, new: &File) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = fs::metadata(old) else {
+    // Not following a symlink that replaced OUT since it was looked at.
+    let Ok(meta) = fs::symlink_metadata(old) else {
         return Ok(());
     };
-    let mine = new.metadata()?;
-    if (meta.uid(), meta.gid()) != (mine.uid(), mine.gid()) {
-        // Only root may give a file away, and a user only to their groups.
-        let _ = std::os::unix::fs::fchown(new, Some(meta.uid()), Some(meta.gid()))
-            .or_else(|_| std::os::unix::fs::fchown(new, None, Some(meta.gid())));
+    if meta.file_type().is_file() && meta.uid() == new.metadata()?.uid() {
+        new.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))?;
     }
-    new.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))
+    Ok(())
 }
 
 impl Output {

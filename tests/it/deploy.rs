@@ -36,10 +36,6 @@ fn shipped(rel: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-fn is_root() -> bool {
-    ok(Command::new("id").arg("-u")).trim() == "0"
-}
-
 /// Where the deployment lives: the guide's paths, inside a temporary directory.
 struct Layout {
     /// `/srv/depot/repo`.

@@ -573,6 +573,27 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
     assert_eq!(names_in(&outs), ["big.bin"]);
     let mode = fs::metadata(&out).expect("stat").permissions().mode();
     assert_eq!(mode & 0o7777, 0o751, "{mode:o}");
+    // One someone else owns (a root runner can make one) says nothing about
+    // the new file: it is the puller's, with the mode a new OUT gets.
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let fresh = outs.join("fresh.bin");
+        ok(pull(&server.url, "proj/x", &cache)
+            .args(["--path", "/data/big.bin", "-o"])
+            .arg(&fresh));
+        let fresh_mode = fs::metadata(&fresh).expect("stat").mode();
+        fs::remove_file(&fresh).expect("rm");
+        std::os::unix::fs::chown(&out, Some(65534), Some(65534)).expect("chown");
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o606)).expect("chmod");
+        ok(get("/data/big.bin"));
+        let meta = fs::metadata(&out).expect("stat");
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode()),
+            (0, 0, fresh_mode),
+            "{:o}",
+            meta.mode()
+        );
+    }
 
     // The cached copy damaged: `depot cat` of it from the cache fails and
     // leaves no file; the pull fetches it again.

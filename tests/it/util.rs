@@ -388,3 +388,8 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Whether the tests run as root (CI does).
+pub fn is_root() -> bool {
+    ok(Command::new("id").arg("-u")).trim() == "0"
+}

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rayon::prelude::*;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 
 use crate::checksum::Checksum;
@@ -46,9 +46,10 @@ const PUBLISH_EVERY: usize = 512;
 /// a dirtree takes about three times its size (ostree allows 128 MiB): the
 /// large ones (over [`SMALL_METADATA`]) are fetched only while the sizes in
 /// flight stay within this many KiB, so that a server sending many large
-/// dirtrees at once cannot take more than about 0.6 GB. A response waits
-/// with its body unread: fine over HTTP/1.1 (one connection each), but with
-/// HTTP/2 the waiting streams would fill the shared connection's window.
+/// dirtrees at once cannot take more than about 0.6 GB (three times this
+/// budget, and what 16 smaller objects hold). A response that would have
+/// to wait for its share is dropped and asked for again once the share is
+/// held, so no connection waits unread.
 const LARGE_METADATA_KIB: u32 = 128 * 1024;
 /// Metadata up to this size is fetched without counting.
 const SMALL_METADATA: u64 = 1024 * 1024;
@@ -571,9 +572,7 @@ impl Fetcher {
                 let (remote, tx) = (self.remote.clone(), Arc::clone(&self.tx));
                 let large_metadata = Arc::clone(&self.large_metadata);
                 let limit = max.unwrap_or(self.max_object_size);
-                async move {
-                    fetch_one(&remote, &tx, name, limit, Fed::CacheOnly(&large_metadata)).await
-                }
+                async move { fetch_one(&remote, &tx, name, limit, &large_metadata, None).await }
             });
         self.run(jobs).await
     }
@@ -587,12 +586,14 @@ impl Fetcher {
     ) -> Result<(), Error> {
         let jobs = files.iter().map(|(checksum, paths)| {
             let (remote, tx) = (self.remote.clone(), Arc::clone(&self.tx));
+            let large_metadata = Arc::clone(&self.large_metadata);
             let (checkout, paths) = (Arc::clone(checkout), paths.clone());
             let name = ObjectName::new(*checksum, ObjectType::File);
             let limit = self.max_object_size;
             async move {
                 let mut sink = checkout.sink(&paths);
-                fetch_one(&remote, &tx, name, limit, Fed::AlsoTo(&mut sink)).await?;
+                let also_to = Some(&mut sink as &mut (dyn PayloadSink + Send));
+                fetch_one(&remote, &tx, name, limit, &large_metadata, also_to).await?;
                 Ok(sink.finish()?)
             }
         });
@@ -641,44 +642,22 @@ fn flatten(done: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<()
     done.map_err(|e| Error::Local(e.to_string()))?
 }
 
-/// Where a fetched object's bytes go besides the cache.
-enum Fed<'a> {
-    /// Nowhere. Metadata is verified once whole, and a large metadata
-    /// object waits for its share of this budget first.
-    CacheOnly(&'a Semaphore),
-    /// A content object's payload also goes to a sink as it streams.
-    AlsoTo(&'a mut (dyn PayloadSink + Send)),
-}
-
-/// Fetches one object into `tx`, verifying it as it streams. The CPU work
-/// (inflating, hashing, writing) runs right in the task, a chunk at a time:
-/// every task on this runtime is a fetch, and handing each chunk to another
-/// thread cost more than it saved.
+/// Fetches one object into `tx`, verifying it as it streams; a content
+/// object's payload also goes to `sink`. The CPU work (inflating, hashing,
+/// writing) runs right in the task, a chunk at a time: every task on this
+/// runtime is a fetch, and handing each chunk to another thread cost more
+/// than it saved. A metadata object over [`SMALL_METADATA`] is read only
+/// with its share of `large_metadata`.
 async fn fetch_one(
     remote: &Remote,
     tx: &Transaction,
     name: ObjectName,
     limit: u64,
-    fed: Fed<'_>,
+    large_metadata: &Semaphore,
+    mut sink: Option<&mut (dyn PayloadSink + Send)>,
 ) -> Result<(), Error> {
     let path = name.relative_path();
     let url = remote.url(&path);
-    let Some(mut resp) = remote.get(&path).await? else {
-        return Err(Error::Http {
-            url,
-            reason: "not found (the server lacks an object its commit needs)".into(),
-        });
-    };
-    let size = resp.content_length().ok_or_else(|| Error::Http {
-        url: url.clone(),
-        reason: "no Content-Length".into(),
-    })?;
-    if size > limit {
-        return Err(Error::Invalid {
-            url,
-            reason: format!("{size} bytes, more than the {limit} allowed"),
-        });
-    }
     // What is wrong with the object names the URL; a local failure (the
     // cache's or the checkout's disk) is reported as it is.
     let bad = |e: repo::Error| match e {
@@ -688,22 +667,59 @@ async fn fetch_one(
             reason: crate::error_chain(&e),
         },
     };
-    // The limits of the object's kind first: one too large for them is
-    // refused at once instead of waiting for the budget.
-    let mut obj = tx.begin_fetched_object(name, size, limit).map_err(bad)?;
-    let (mut sink, _large) = match fed {
-        Fed::AlsoTo(sink) => (Some(sink), None),
-        Fed::CacheOnly(large_metadata) if name.kind.is_metadata() && size > SMALL_METADATA => {
-            let kib = u32::try_from(size.div_ceil(1024))
-                .unwrap_or(u32::MAX)
-                .min(LARGE_METADATA_KIB);
-            let permit = large_metadata
-                .acquire_many(kib)
-                .await
-                .map_err(|e| Error::Local(e.to_string()))?;
-            (None, Some(permit))
+    let mut share: Option<tokio::sync::SemaphorePermit<'_>> = None;
+    // The share is declared first so that it is released last.
+    let (_share, mut resp, mut obj) = loop {
+        let Some(resp) = remote.get(&path).await? else {
+            return Err(Error::Http {
+                url,
+                reason: "not found (the server lacks an object its commit needs)".into(),
+            });
+        };
+        let size = resp.content_length().ok_or_else(|| Error::Http {
+            url: url.clone(),
+            reason: "no Content-Length".into(),
+        })?;
+        if size > limit {
+            return Err(Error::Invalid {
+                url,
+                reason: format!("{size} bytes, more than the {limit} allowed"),
+            });
         }
-        Fed::CacheOnly(_) => (None, None),
+        // The limits of the object's kind first: one too large for them is
+        // refused at once, not after waiting for the budget.
+        let obj = tx.begin_fetched_object(name, size, limit).map_err(bad)?;
+        if !name.kind.is_metadata() || size <= SMALL_METADATA {
+            break (None, resp, obj);
+        }
+        let kib = u32::try_from(size.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(LARGE_METADATA_KIB);
+        if share
+            .as_ref()
+            .is_some_and(|s| s.num_permits() >= kib as usize)
+        {
+            break (share, resp, obj);
+        }
+        drop(share.take());
+        match large_metadata.try_acquire_many(kib) {
+            Ok(permit) => break (Some(permit), resp, obj),
+            Err(TryAcquireError::NoPermits) => {
+                // Not waiting with the response unread, which a server may
+                // time out (nginx's send_timeout): asked again once the
+                // budget allows.
+                drop((resp, obj));
+                share = Some(
+                    large_metadata
+                        .acquire_many(kib)
+                        .await
+                        .map_err(|e| Error::Local(e.to_string()))?,
+                );
+            }
+            Err(TryAcquireError::Closed) => {
+                return Err(Error::Local("the fetch budget was closed".into()));
+            }
+        }
     };
     while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
         url: url.clone(),

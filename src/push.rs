@@ -420,7 +420,7 @@ fn hash_tree(
         metadata.insert(ObjectName::new(c, kind), bytes);
         Ok(c)
     })?;
-    tracing::debug!("hashed the tree in {:.2?}", started.elapsed());
+    tracing::debug!("scanned and hashed the tree in {:.2?}", started.elapsed());
     let mut content = ObjectMap::new();
     for (i, c) in sums.iter().enumerate() {
         content.insert_if_absent(ObjectName::new(*c, ObjectType::File), i);

@@ -126,9 +126,7 @@ impl<'a> Iterator for ArrayElements<'a> {
 
 /// A string member: its bytes end with the NUL, which is the only NUL, and
 /// the rest is UTF-8.
-pub(crate) fn string(data: &[u8]) -> Result<&str, DecodeError> {
-    super::decode::string(data)
-}
+pub(crate) use super::decode::string;
 
 /// Where the writers put bytes.
 pub(crate) trait Output {

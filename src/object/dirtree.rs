@@ -243,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn the_densest_valid_dirtree_decodes_and_a_denser_fake_is_refused_at_once() {
+    fn the_densest_valid_dirtree_decodes_and_a_fake_of_empty_names_is_refused() {
         // 200,000 files with the shortest distinct names there are.
         let alphabet: Vec<char> = ('0'..='9').chain('A'..='Z').chain('a'..='z').collect();
         let mut names: Vec<String> = Vec::new();

@@ -10,7 +10,7 @@ work=$(mktemp -d -t depot-seeds.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 depot=target/release/depot
 $depot init "$work/repo" >/dev/null
-mkdir -p fuzz/corpus/{frame_decode,gvariant_decode,metadata_parse}
+mkdir -p fuzz/corpus/{frame_decode,gvariant_decode,metadata_parse,dirtree_parse}
 
 # A push session, captured by a stand-in for ssh that tees the client's bytes.
 cat >"$work/fake-ssh" <<FAKE
@@ -26,7 +26,7 @@ n=0
 for f in $(find "$work/repo/objects" -type f | sort | head -200); do
   n=$((n + 1))
   case "$f" in
-    *.dirtree) t='(a(say)a(sayay))' ;;
+    *.dirtree) t='(a(say)a(sayay))'; cp "$f" "fuzz/corpus/dirtree_parse/obj-$n" ;;
     *.dirmeta) t='(uuua(ayay))' ;;
     *.commit) t='(a{sv}aya(say)sstayay)' ;;
     *) cp "$f" "fuzz/corpus/metadata_parse/filez-$n"; continue ;;

@@ -822,10 +822,12 @@ fn walk_closure(
 /// was written when a failure is found. A file is written beside OUT under a
 /// hidden temporary name and takes OUT's place only in [`Output::finish`],
 /// so a failure leaves an existing OUT as it was and no partial file. The
-/// new file keeps the permissions (not set-id bits) of an old OUT this user
-/// owns; other hard links to the old OUT keep the old bytes.
+/// new file keeps the permissions (not set-id bits) and group of an old OUT
+/// this user owns (see `keep_mode`); other hard links to the old OUT keep
+/// the old bytes.
 /// What is not a regular file (`/dev/null`, a fifo, a symlink), and a file
-/// in a directory that cannot be written, is written to in place.
+/// in a directory that cannot be written, is written to in place, except a
+/// symlink or fifo another user planted in a shared directory like `/tmp`.
 pub struct Output {
     path: PathBuf,
     to: OutputTo,
@@ -842,7 +844,18 @@ impl Output {
     pub fn create(path: &Path) -> Result<Output, Error> {
         let to = if path == Path::new("-") {
             OutputTo::Stdout(io::stdout().lock())
-        } else if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        } else if let Some(meta) = fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| !m.file_type().is_file())
+        {
+            if planted(path, &meta) {
+                return Err(io_err("write through", path)(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "it is a symlink or fifo that another user made in a shared sticky \
+                     directory (what fs.protected_symlinks guards against); remove it or \
+                     write elsewhere",
+                )));
+            }
             OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
         } else {
             let dir = path
@@ -898,21 +911,51 @@ impl Output {
     }
 }
 
+/// Whether `path`, a symlink or fifo with metadata `meta`, was made by
+/// another user in a sticky, world-writable directory such as `/tmp`:
+/// writing through it would write where that user chose. This is the
+/// kernel's rule for `fs.protected_symlinks` and `fs.protected_fifos`,
+/// which not every system sets.
+fn planted(path: &Path, meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let kind = meta.file_type();
+    if !kind.is_symlink() && !kind.is_fifo() {
+        return false;
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(dir) = fs::metadata(dir) else {
+        return false;
+    };
+    let shared = dir.mode() & 0o1002 == 0o1002;
+    let owner = meta.uid();
+    shared && owner != nix::unistd::geteuid().as_raw() && owner != dir.uid()
+}
+
 /// Gives `new`, which is to replace the regular file at `old`, the old
-/// file's permission bits when this user owns it, without set-id and
-/// sticky bits (fetched bytes do not inherit a privilege). A file someone
-/// else owns says nothing about how this user's output should be shared:
-/// `new` keeps its own owner and the umask's mode.
+/// file's permission bits, without set-id and sticky bits (fetched bytes do
+/// not inherit a privilege), when the old file is this user's and linked
+/// nowhere else. A file someone else owns, or a hard link to one, says
+/// nothing about how this user's output should be shared: `new` keeps the
+/// umask's mode. The group bits go with the old file's group, which `new`
+/// is given where this user may, and are dropped where not.
 fn keep_mode(old: &Path, new: &File) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     // Not following a symlink that replaced OUT since it was looked at.
     let Ok(meta) = fs::symlink_metadata(old) else {
         return Ok(());
     };
-    if meta.file_type().is_file() && meta.uid() == new.metadata()?.uid() {
-        new.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))?;
+    let mine = new.metadata()?;
+    if !meta.file_type().is_file() || meta.uid() != mine.uid() || meta.nlink() != 1 {
+        return Ok(());
     }
-    Ok(())
+    let mut mode = meta.mode() & 0o777;
+    if meta.gid() != mine.gid() && std::os::unix::fs::fchown(new, None, Some(meta.gid())).is_err() {
+        mode &= !0o070;
+    }
+    new.set_permissions(fs::Permissions::from_mode(mode))
 }
 
 impl Output {

@@ -1,6 +1,7 @@
 //! `DirTree::parse`, which reads dirtrees straight from their framing, held
-//! to the generic GVariant decoder plus ostree's dirtree rules on arbitrary
-//! bytes: both must accept the same inputs, as the same tree.
+//! to the generic GVariant decoder on arbitrary bytes: both must accept the
+//! same inputs, as the same tree. The dirtree rules (names, checksum sizes,
+//! order) are shared, so this checks the framing and normal-form path.
 #![no_main]
 
 use depot::object::DirTree;

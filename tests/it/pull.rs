@@ -574,25 +574,47 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
     let mode = fs::metadata(&out).expect("stat").permissions().mode();
     assert_eq!(mode & 0o7777, 0o751, "{mode:o}");
     // One someone else owns (a root runner can make one) says nothing about
-    // the new file: it is the puller's, with the mode a new OUT gets.
+    // the new file: it is the puller's, with the mode a new OUT gets. One of
+    // the puller's own keeps its group and the group's bits. A symlink that
+    // another user planted in a shared sticky directory is not written
+    // through; the puller's own is.
     if is_root() {
-        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{MetadataExt, chown, lchown, symlink};
         let fresh = outs.join("fresh.bin");
         ok(pull(&server.url, "proj/x", &cache)
             .args(["--path", "/data/big.bin", "-o"])
             .arg(&fresh));
         let fresh_mode = fs::metadata(&fresh).expect("stat").mode();
         fs::remove_file(&fresh).expect("rm");
-        std::os::unix::fs::chown(&out, Some(65534), Some(65534)).expect("chown");
+        chown(&out, Some(65534), Some(65534)).expect("chown");
         fs::set_permissions(&out, fs::Permissions::from_mode(0o606)).expect("chmod");
         ok(get("/data/big.bin"));
         let meta = fs::metadata(&out).expect("stat");
-        assert_eq!(
-            (meta.uid(), meta.gid(), meta.mode()),
-            (0, 0, fresh_mode),
-            "{:o}",
-            meta.mode()
-        );
+        let owner = (meta.uid(), meta.gid(), meta.mode());
+        assert_eq!(owner, (0, 0, fresh_mode), "{:o}", meta.mode());
+
+        chown(&out, Some(0), Some(65534)).expect("chown");
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o640)).expect("chmod");
+        ok(get("/data/big.bin"));
+        let meta = fs::metadata(&out).expect("stat");
+        assert_eq!((meta.gid(), meta.mode() & 0o7777), (65534, 0o640));
+
+        let shared = tmp.path().join("shared");
+        fs::create_dir(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "root's\n").expect("write");
+        let planted = shared.join("out");
+        symlink(&victim, &planted).expect("symlink");
+        lchown(&planted, Some(65534), Some(65534)).expect("lchown");
+        let mut c = pull(&server.url, "proj/x", &cache);
+        let err = fails(c.args(["--path", "/data/big.bin", "-o"]).arg(&planted));
+        assert!(err.contains("another user made"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
+        lchown(&planted, Some(0), Some(0)).expect("lchown");
+        let mut c = pull(&server.url, "proj/x", &cache);
+        ok(c.args(["--path", "/data/big.bin", "-o"]).arg(&planted));
+        assert!(fs::read(&victim).expect("read") == want);
     }
 
     // The cached copy damaged: `depot cat` of it from the cache fails and
@@ -716,7 +738,11 @@ fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anyth
     let url = format!("file://{}", path.display());
     let dest = tmp.path().join("co");
     let err = fails(pull(&url, "bomb", &tmp.path().join("cache")).arg(&dest));
-    assert!(err.contains("expands to more than 10000000 files"), "{err}");
+    assert!(
+        err.contains("expands to more than 10000000 files")
+            && err.contains(&format!("{url}/objects/")),
+        "{err}"
+    );
     assert!(!dest.exists());
     assert_eq!(names_in(tmp.path()), ["cache", "repo"]);
     let err = fails(depot_in("checkout", &path).args(["bomb"]).arg(&dest));

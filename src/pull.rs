@@ -554,16 +554,19 @@ impl Fetcher {
     /// as it streams and staged.
     async fn fetch_all(&self, names: Vec<(ObjectName, Option<u64>)>) -> Result<(), Error> {
         // A damaged metadata object in the cache is dropped and fetched
-        // again, as damaged content is, instead of failing every pull.
+        // again, as damaged content is, instead of failing every pull. The
+        // reads block, so the fetches on this worker move to another first.
         let cache = self.tx.repo();
-        for (name, _) in &names {
-            if name.kind.is_metadata()
-                && cache.has_object(name)
-                && let Err(e @ repo::Error::CorruptObject { .. }) = cache.read_metadata(name)
-            {
-                drop_damaged(cache, name, &e);
+        tokio::task::block_in_place(|| {
+            for (name, _) in &names {
+                if name.kind.is_metadata()
+                    && cache.has_object(name)
+                    && let Err(e @ repo::Error::CorruptObject { .. }) = cache.read_metadata(name)
+                {
+                    drop_damaged(cache, name, &e);
+                }
             }
-        }
+        });
         let mut asked = HashSet::new();
         let jobs = names
             .into_iter()

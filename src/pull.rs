@@ -554,19 +554,16 @@ impl Fetcher {
     /// as it streams and staged.
     async fn fetch_all(&self, names: Vec<(ObjectName, Option<u64>)>) -> Result<(), Error> {
         // A damaged metadata object in the cache is dropped and fetched
-        // again, as damaged content is, instead of failing every pull. The
-        // reads block, so the fetches on this worker move to another first.
+        // again, as damaged content is, instead of failing every pull.
         let cache = self.tx.repo();
-        tokio::task::block_in_place(|| {
-            for (name, _) in &names {
-                if name.kind.is_metadata()
-                    && cache.has_object(name)
-                    && let Err(e @ repo::Error::CorruptObject { .. }) = cache.read_metadata(name)
-                {
-                    drop_damaged(cache, name, &e);
-                }
+        for (name, _) in &names {
+            if name.kind.is_metadata()
+                && cache.has_object(name)
+                && let Err(e @ repo::Error::CorruptObject { .. }) = cache.read_metadata(name)
+            {
+                drop_damaged(cache, name, &e);
             }
-        });
+        }
         let mut asked = HashSet::new();
         let jobs = names
             .into_iter()

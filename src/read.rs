@@ -826,8 +826,9 @@ fn walk_closure(
 /// this user owns (see `keep_mode`); other hard links to the old OUT keep
 /// the old bytes.
 /// What is not a regular file (`/dev/null`, a fifo, a symlink), and a file
-/// in a directory that cannot be written, is written to in place, except a
-/// symlink or fifo another user planted in a shared directory like `/tmp`.
+/// in a directory that cannot be written, is written to in place. A path
+/// through an entry another user made in a shared directory like `/tmp`
+/// is refused (see `entry_of_another_user`).
 pub struct Output {
     path: PathBuf,
     to: OutputTo,
@@ -842,20 +843,22 @@ enum OutputTo {
 impl Output {
     /// Opens `path` for output.
     pub fn create(path: &Path) -> Result<Output, Error> {
+        if path != Path::new("-")
+            && let Some(entry) = entry_of_another_user(path).map_err(io_err("look up", path))?
+        {
+            return Err(io_err("write to", path)(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "its path goes through {}, which another user made in a shared sticky \
+                     directory and could swap for a link to anywhere (what \
+                     fs.protected_symlinks guards against); write elsewhere",
+                    entry.display()
+                ),
+            )));
+        }
         let to = if path == Path::new("-") {
             OutputTo::Stdout(io::stdout().lock())
-        } else if let Some(meta) = fs::symlink_metadata(path)
-            .ok()
-            .filter(|m| !m.file_type().is_file())
-        {
-            if planted(path, &meta) {
-                return Err(io_err("write through", path)(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "it is a symlink or fifo that another user made in a shared sticky \
-                     directory (what fs.protected_symlinks guards against); remove it or \
-                     write elsewhere",
-                )));
-            }
+        } else if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
             OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
         } else {
             let dir = path
@@ -911,27 +914,61 @@ impl Output {
     }
 }
 
-/// Whether `path`, a symlink or fifo with metadata `meta`, was made by
-/// another user in a sticky, world-writable directory such as `/tmp`:
-/// writing through it would write where that user chose. This is the
-/// kernel's rule for `fs.protected_symlinks` and `fs.protected_fifos`,
-/// which not every system sets.
-fn planted(path: &Path, meta: &fs::Metadata) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let kind = meta.file_type();
-    if !kind.is_symlink() && !kind.is_fifo() {
-        return false;
-    }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let Ok(dir) = fs::metadata(dir) else {
-        return false;
+/// The first entry on the way to `path` (symlinks followed, as opening it
+/// would) that sits in a sticky, world-writable directory such as `/tmp`
+/// and belongs to neither this user nor the directory's owner: that user
+/// can rename it away and put a symlink to anywhere in its place at any
+/// moment, so nothing found there now says where a write would go. The
+/// kernel refuses to follow such symlinks under `fs.protected_symlinks`,
+/// which not every system sets. A regular file as the last entry is fine:
+/// it is replaced by a rename, which follows nothing.
+fn entry_of_another_user(path: &Path) -> io::Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    let push_reversed = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
+        todo.extend(p.components().rev().map(|c| c.as_os_str().to_owned()));
     };
-    let shared = dir.mode() & 0o1002 == 0o1002;
-    let owner = meta.uid();
-    shared && owner != nix::unistd::geteuid().as_raw() && owner != dir.uid()
+    push_reversed(&mut todo, path);
+    // A directory reached without a symlink in its path.
+    let mut dir = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir()?
+    };
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        match name.to_str() {
+            Some("/") => dir = PathBuf::from("/"),
+            Some(".") => {}
+            Some("..") => {
+                dir.pop();
+            }
+            _ => {
+                let entry = dir.join(&name);
+                let Ok(meta) = fs::symlink_metadata(&entry) else {
+                    // Not there yet: what is created is this user's.
+                    return Ok(None);
+                };
+                let parent = fs::symlink_metadata(&dir)?;
+                let shared = parent.mode() & 0o1002 == 0o1002;
+                let last_and_replaced = todo.is_empty() && meta.file_type().is_file();
+                if shared && meta.uid() != me && meta.uid() != parent.uid() && !last_and_replaced {
+                    return Ok(Some(entry));
+                }
+                if meta.file_type().is_symlink() {
+                    links += 1;
+                    if links > 40 {
+                        return Err(io::Error::from_raw_os_error(nix::libc::ELOOP));
+                    }
+                    push_reversed(&mut todo, &fs::read_link(&entry)?);
+                } else {
+                    dir = entry;
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Gives `new`, which is to replace the regular file at `old`, the old
@@ -940,7 +977,7 @@ fn planted(path: &Path, meta: &fs::Metadata) -> bool {
 /// nowhere else. A file someone else owns, or a hard link to one, says
 /// nothing about how this user's output should be shared: `new` keeps the
 /// umask's mode. The group bits go with the old file's group, which `new`
-/// is given where this user may, and are dropped where not.
+/// is given where this user may; where not, only the owner's bits are kept.
 fn keep_mode(old: &Path, new: &File) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     // Not following a symlink that replaced OUT since it was looked at.
@@ -953,7 +990,8 @@ fn keep_mode(old: &Path, new: &File) -> io::Result<()> {
     }
     let mut mode = meta.mode() & 0o777;
     if meta.gid() != mine.gid() && std::os::unix::fs::fchown(new, None, Some(meta.gid())).is_err() {
-        mode &= !0o070;
+        // The bits were for that group and the others apart from it.
+        mode &= 0o700;
     }
     new.set_permissions(fs::Permissions::from_mode(mode))
 }

@@ -611,10 +611,44 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
         let err = fails(c.args(["--path", "/data/big.bin", "-o"]).arg(&planted));
         assert!(err.contains("another user made"), "{err}");
         assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
+        // Nor through a directory of theirs there, or a symlink of theirs to
+        // a directory of theirs, which they could swap at any moment.
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        symlink(&victim, theirs.join("out")).expect("symlink");
+        let their_dir = shared.join("dir");
+        fs::create_dir(&their_dir).expect("mkdir");
+        symlink(&victim, their_dir.join("out")).expect("symlink");
+        symlink(&theirs, shared.join("work")).expect("symlink");
+        for p in [
+            &theirs,
+            &theirs.join("out"),
+            &their_dir,
+            &their_dir.join("out"),
+            &shared.join("work"),
+        ] {
+            lchown(p, Some(65534), Some(65534)).expect("lchown");
+        }
+        for out in [
+            their_dir.join("out"),
+            shared.join("work/out"),
+            shared.join("work/../out"),
+        ] {
+            let mut c = pull(&server.url, "proj/x", &cache);
+            let err = fails(c.args(["--path", "/data/big.bin", "-o"]).arg(&out));
+            assert!(
+                err.contains("another user made"),
+                "{}: {err}",
+                out.display()
+            );
+            assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
+        }
         lchown(&planted, Some(0), Some(0)).expect("lchown");
         let mut c = pull(&server.url, "proj/x", &cache);
         ok(c.args(["--path", "/data/big.bin", "-o"]).arg(&planted));
         assert!(fs::read(&victim).expect("read") == want);
+        let mut c = pull(&server.url, "proj/x", &cache);
+        ok(c.args(["--path", "/data/big.bin", "-o", "/dev/null"]));
     }
 
     // The cached copy damaged: `depot cat` of it from the cache fails and

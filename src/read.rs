@@ -843,48 +843,64 @@ enum OutputTo {
 impl Output {
     /// Opens `path` for output.
     pub fn create(path: &Path) -> Result<Output, Error> {
-        if path != Path::new("-")
-            && let Some(entry) = entry_of_another_user(path).map_err(io_err("look up", path))?
-        {
-            return Err(io_err("write to", path)(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "its path goes through {}, which another user made in a shared sticky \
-                     directory and could swap for a link to anywhere (what \
-                     fs.protected_symlinks guards against); write elsewhere",
-                    entry.display()
-                ),
-            )));
+        if path == Path::new("-") {
+            return Ok(Output {
+                path: path.to_path_buf(),
+                to: OutputTo::Stdout(io::stdout().lock()),
+            });
         }
-        let to = if path == Path::new("-") {
-            OutputTo::Stdout(io::stdout().lock())
-        } else if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
-            OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
-        } else {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let prefix = format!(
-                ".{}.depot-",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            );
-            // A directory that cannot be written to may still hold a
-            // writable OUT: then OUT is written in place, as before.
-            match tempfile::Builder::new()
-                .prefix(&prefix)
-                .permissions(fs::Permissions::from_mode(0o666))
-                .tempfile_in(dir)
-            {
-                Ok(temp) => {
-                    keep_mode(path, temp.as_file())
-                        .map_err(io_err("give the new file the mode of", path))?;
-                    OutputTo::Replacing(temp)
+        // The way is decided once, from what the walk saw: looking again
+        // would let a symlink planted meanwhile be followed.
+        let to = match walk_to_output(path).map_err(io_err("look up", path))? {
+            Walked::Through(entry) => {
+                return Err(io_err("write to", path)(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "its path goes through {}, which another user made in a shared sticky \
+                         directory and could swap for a link to anywhere (what \
+                         fs.protected_symlinks guards against); write elsewhere",
+                        entry.display()
+                    ),
+                )));
+            }
+            // A device, a fifo, or a symlink to anything: nobody else can
+            // swap it, so it is opened, and followed, as it is.
+            Walked::Special => {
+                OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
+            }
+            Walked::RegularOrMissing => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let prefix = format!(
+                    ".{}.depot-",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                );
+                // A directory that cannot be written to may still hold a
+                // writable OUT: then OUT is written in place, as before, but
+                // not through a symlink, which it was not when looked at.
+                match tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .permissions(fs::Permissions::from_mode(0o666))
+                    .tempfile_in(dir)
+                {
+                    Ok(temp) => {
+                        keep_mode(path, temp.as_file())
+                            .map_err(io_err("give the new file the mode of", path))?;
+                        OutputTo::Replacing(temp)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => OutputTo::InPlace(
+                        fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .custom_flags(nix::libc::O_NOFOLLOW)
+                            .open(path)
+                            .map_err(io_err("create", path))?,
+                    ),
+                    Err(e) => return Err(io_err("create a temporary file in", dir)(e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
-                }
-                Err(e) => return Err(io_err("create a temporary file in", dir)(e)),
             }
         };
         Ok(Output {
@@ -914,30 +930,44 @@ impl Output {
     }
 }
 
-/// The first entry on the way to `path` (symlinks followed, as opening it
-/// would) that sits in a sticky, world-writable directory such as `/tmp`
-/// and belongs to neither this user nor the directory's owner: that user
-/// can rename it away and put a symlink to anywhere in its place at any
-/// moment, so nothing found there now says where a write would go. The
-/// kernel refuses to follow such symlinks under `fs.protected_symlinks`,
-/// which not every system sets. A regular file as the last entry is fine:
-/// it is replaced by a rename, which follows nothing.
-fn entry_of_another_user(path: &Path) -> io::Result<Option<PathBuf>> {
+/// What [`walk_to_output`] found.
+enum Walked {
+    /// The way goes through this entry, which another user could swap.
+    Through(PathBuf),
+    /// OUT is a regular file, or not there: written by a rename, which
+    /// follows nothing, in a directory nobody else can swap.
+    RegularOrMissing,
+    /// OUT is something else (a device, a fifo, a symlink), which nobody
+    /// else can swap: written in place.
+    Special,
+}
+
+/// Walks the way to `path` from `/` (through the working directory for a
+/// relative one), following symlinks as opening it would, and refuses any
+/// entry that sits in a sticky, world-writable directory such as `/tmp` and
+/// belongs to neither this user nor the directory's owner: that user can
+/// rename it away and put a symlink to anywhere in its place at any moment.
+/// The kernel refuses to follow such symlinks under `fs.protected_symlinks`,
+/// which not every system sets; the check also relies on
+/// `fs.protected_hardlinks`, without which another user can link someone
+/// else's symlink into such a directory. OUT itself may be another user's
+/// regular file, since a rename replaces it without following anything.
+fn walk_to_output(path: &Path) -> io::Result<Walked> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     let mut todo: Vec<std::ffi::OsString> = Vec::new();
     let push_reversed = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
         todo.extend(p.components().rev().map(|c| c.as_os_str().to_owned()));
     };
-    push_reversed(&mut todo, path);
+    push_reversed(&mut todo, &std::env::current_dir()?.join(path));
     // A directory reached without a symlink in its path.
-    let mut dir = if path.is_absolute() {
-        PathBuf::from("/")
-    } else {
-        std::env::current_dir()?
-    };
+    let mut dir = PathBuf::from("/");
     let mut links = 0;
+    // Whether the last entry still to come is OUT's own name, not the
+    // target of a symlink that OUT is.
+    let mut own_name = true;
     while let Some(name) = todo.pop() {
+        let last = todo.is_empty();
         match name.to_str() {
             Some("/") => dir = PathBuf::from("/"),
             Some(".") => {}
@@ -946,29 +976,46 @@ fn entry_of_another_user(path: &Path) -> io::Result<Option<PathBuf>> {
             }
             _ => {
                 let entry = dir.join(&name);
-                let Ok(meta) = fs::symlink_metadata(&entry) else {
-                    // Not there yet: what is created is this user's.
-                    return Ok(None);
+                let meta = match fs::symlink_metadata(&entry) {
+                    Ok(meta) => meta,
+                    // Created by this user, by the rename or through the link.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && last => {
+                        return Ok(if own_name {
+                            Walked::RegularOrMissing
+                        } else {
+                            Walked::Special
+                        });
+                    }
+                    Err(e) => return Err(e),
                 };
                 let parent = fs::symlink_metadata(&dir)?;
                 let shared = parent.mode() & 0o1002 == 0o1002;
-                let last_and_replaced = todo.is_empty() && meta.file_type().is_file();
-                if shared && meta.uid() != me && meta.uid() != parent.uid() && !last_and_replaced {
-                    return Ok(Some(entry));
+                let others = meta.uid() != me && meta.uid() != parent.uid();
+                let replaced = last && own_name && meta.file_type().is_file();
+                if shared && others && !replaced {
+                    return Ok(Walked::Through(entry));
                 }
                 if meta.file_type().is_symlink() {
                     links += 1;
                     if links > 40 {
                         return Err(io::Error::from_raw_os_error(nix::libc::ELOOP));
                     }
+                    own_name &= !last;
                     push_reversed(&mut todo, &fs::read_link(&entry)?);
+                } else if last {
+                    return Ok(if replaced {
+                        Walked::RegularOrMissing
+                    } else {
+                        Walked::Special
+                    });
                 } else {
                     dir = entry;
                 }
             }
         }
     }
-    Ok(None)
+    // The path ends in `/`, `.` or `..`: a directory, which the open refuses.
+    Ok(Walked::Special)
 }
 
 /// Gives `new`, which is to replace the regular file at `old`, the old

@@ -643,6 +643,14 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
             );
             assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
         }
+        // Also when the working directory is theirs and OUT relative.
+        let mut c = pull(&server.url, "proj/x", &cache);
+        let err = fails(
+            c.current_dir(&their_dir)
+                .args(["--path", "/data/big.bin", "-o", "out"]),
+        );
+        assert!(err.contains("another user made"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
         lchown(&planted, Some(0), Some(0)).expect("lchown");
         let mut c = pull(&server.url, "proj/x", &cache);
         ok(c.args(["--path", "/data/big.bin", "-o"]).arg(&planted));

@@ -868,6 +868,14 @@ impl Output {
             Walked::Special => {
                 OutputTo::InPlace(File::create(path).map_err(io_err("create", path))?)
             }
+            Walked::NewAt(target) => OutputTo::InPlace(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&target)
+                    .map_err(io_err("create", &target))?,
+            ),
             Walked::RegularOrMissing => {
                 let dir = path
                     .parent()
@@ -940,6 +948,10 @@ enum Walked {
     /// OUT is something else (a device, a fifo, a symlink), which nobody
     /// else can swap: written in place.
     Special,
+    /// OUT is a symlink to nothing: the file it names is created there,
+    /// exclusively and without following anything, since another user may
+    /// be able to put something at that name first.
+    NewAt(PathBuf),
 }
 
 /// Walks the way to `path` from `/` (through the working directory for a
@@ -978,12 +990,13 @@ fn walk_to_output(path: &Path) -> io::Result<Walked> {
                 let entry = dir.join(&name);
                 let meta = match fs::symlink_metadata(&entry) {
                     Ok(meta) => meta,
-                    // Created by this user, by the rename or through the link.
+                    // Created by the rename; or, for a symlink to nothing,
+                    // created where it points, only if nothing got there first.
                     Err(e) if e.kind() == io::ErrorKind::NotFound && last => {
                         return Ok(if own_name {
                             Walked::RegularOrMissing
                         } else {
-                            Walked::Special
+                            Walked::NewAt(entry)
                         });
                     }
                     Err(e) => return Err(e),

@@ -657,6 +657,13 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
         assert!(fs::read(&victim).expect("read") == want);
         let mut c = pull(&server.url, "proj/x", &cache);
         ok(c.args(["--path", "/data/big.bin", "-o", "/dev/null"]));
+        // A symlink of root's to nothing there: what it names is created,
+        // but only where nothing is yet.
+        let dangling = shared.join("dangling");
+        symlink(shared.join("made"), &dangling).expect("symlink");
+        let mut c = pull(&server.url, "proj/x", &cache);
+        ok(c.args(["--path", "/data/big.bin", "-o"]).arg(&dangling));
+        assert!(fs::read(shared.join("made")).expect("read") == want);
     }
 
     // The cached copy damaged: `depot cat` of it from the cache fails and

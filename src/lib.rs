@@ -103,6 +103,13 @@ pub(crate) enum Destination {
     NotEmpty,
 }
 
+/// The directory `path` is in: its parent, or `.` for a bare name.
+pub(crate) fn parent_dir(path: &std::path::Path) -> &std::path::Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+}
+
 /// Looks at `path` for [`Destination`].
 pub(crate) fn destination(path: &std::path::Path) -> std::io::Result<Destination> {
     match std::fs::read_dir(path) {

@@ -45,11 +45,11 @@ const PUBLISH_EVERY: usize = 512;
 /// A metadata object is held in memory while it is verified, and checking
 /// a dirtree takes about three times its size (ostree allows 128 MiB): the
 /// large ones (over [`SMALL_METADATA`]) are fetched only while the sizes in
-/// flight stay within this many KiB, so that a server sending many large
-/// dirtrees at once takes about half a gigabyte at most (three times this
-/// budget, and what 16 smaller objects hold; 0.39 GB measured). A response that would have
-/// to wait for its share is dropped and asked for again once the share is
-/// held, so no connection waits unread.
+/// flight stay within this many KiB. A server sending many large dirtrees at
+/// once then takes about half a gigabyte at most: three times this budget,
+/// and what 16 smaller objects hold (0.39 GB measured). A response that
+/// would have to wait for its share is dropped and asked for again once the
+/// share is held, so no connection waits unread.
 const LARGE_METADATA_KIB: u32 = 128 * 1024;
 /// Metadata up to this size is fetched without counting.
 const SMALL_METADATA: u64 = 1024 * 1024;
@@ -1019,10 +1019,7 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
             path: dest.to_path_buf(),
         }));
     }
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = crate::parent_dir(dest);
     if !parent.is_dir() {
         return Err(Error::Local(format!(
             "{} is not a directory; create it first",

@@ -876,11 +876,8 @@ impl Output {
                     .open(&target)
                     .map_err(io_err("create", &target))?,
             ),
-            Walked::RegularOrMissing => {
-                let dir = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+            Walked::RegularOrMissing(old) => {
+                let dir = crate::parent_dir(path);
                 let prefix = format!(
                     ".{}.depot-",
                     path.file_name().unwrap_or_default().to_string_lossy()
@@ -894,8 +891,10 @@ impl Output {
                     .tempfile_in(dir)
                 {
                     Ok(temp) => {
-                        keep_mode(path, temp.as_file())
-                            .map_err(io_err("give the new file the mode of", path))?;
+                        if let Some(old) = old {
+                            keep_mode(&old, temp.as_file())
+                                .map_err(io_err("give the new file the mode of", path))?;
+                        }
                         OutputTo::Replacing(temp)
                     }
                     Err(e) if e.kind() == io::ErrorKind::PermissionDenied => OutputTo::InPlace(
@@ -942,9 +941,9 @@ impl Output {
 enum Walked {
     /// The way goes through this entry, which another user could swap.
     Through(PathBuf),
-    /// OUT is a regular file, or not there: written by a rename, which
-    /// follows nothing, in a directory nobody else can swap.
-    RegularOrMissing,
+    /// OUT is a regular file (with its metadata), or not there: written by
+    /// a rename, which follows nothing, in a directory nobody else can swap.
+    RegularOrMissing(Option<fs::Metadata>),
     /// OUT is something else (a device, a fifo, a symlink), which nobody
     /// else can swap: written in place.
     Special,
@@ -994,7 +993,7 @@ fn walk_to_output(path: &Path) -> io::Result<Walked> {
                     // created where it points, only if nothing got there first.
                     Err(e) if e.kind() == io::ErrorKind::NotFound && last => {
                         return Ok(if own_name {
-                            Walked::RegularOrMissing
+                            Walked::RegularOrMissing(None)
                         } else {
                             Walked::NewAt(entry)
                         });
@@ -1017,7 +1016,7 @@ fn walk_to_output(path: &Path) -> io::Result<Walked> {
                     push_reversed(&mut todo, &fs::read_link(&entry)?);
                 } else if last {
                     return Ok(if replaced {
-                        Walked::RegularOrMissing
+                        Walked::RegularOrMissing(Some(meta))
                     } else {
                         Walked::Special
                     });
@@ -1031,25 +1030,22 @@ fn walk_to_output(path: &Path) -> io::Result<Walked> {
     Ok(Walked::Special)
 }
 
-/// Gives `new`, which is to replace the regular file at `old`, the old
-/// file's permission bits, without set-id and sticky bits (fetched bytes do
-/// not inherit a privilege), when the old file is this user's and linked
-/// nowhere else. A file someone else owns, or a hard link to one, says
-/// nothing about how this user's output should be shared: `new` keeps the
-/// umask's mode. The group bits go with the old file's group, which `new`
-/// is given where this user may; where not, only the owner's bits are kept.
-fn keep_mode(old: &Path, new: &File) -> io::Result<()> {
+/// Gives `new`, which is to replace the regular file `old` (its metadata
+/// as the walk saw it), the old file's permission bits, without set-id and
+/// sticky bits (fetched bytes do not inherit a privilege), when the old file
+/// is this user's and linked nowhere else. A file someone else owns, or a
+/// hard link to one, says nothing about how this user's output should be
+/// shared: `new` keeps the umask's mode. The group bits go with the old
+/// file's group, which `new` is given where this user may; where not, only
+/// the owner's bits are kept.
+fn keep_mode(old: &fs::Metadata, new: &File) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    // Not following a symlink that replaced OUT since it was looked at.
-    let Ok(meta) = fs::symlink_metadata(old) else {
-        return Ok(());
-    };
     let mine = new.metadata()?;
-    if !meta.file_type().is_file() || meta.uid() != mine.uid() || meta.nlink() != 1 {
+    if old.uid() != mine.uid() || old.nlink() != 1 {
         return Ok(());
     }
-    let mut mode = meta.mode() & 0o777;
-    if meta.gid() != mine.gid() && std::os::unix::fs::fchown(new, None, Some(meta.gid())).is_err() {
+    let mut mode = old.mode() & 0o777;
+    if old.gid() != mine.gid() && std::os::unix::fs::fchown(new, None, Some(old.gid())).is_err() {
         // The bits were for that group and the others apart from it.
         mode &= 0o700;
     }

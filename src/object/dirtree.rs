@@ -9,7 +9,7 @@ use std::fmt;
 use crate::checksum::Checksum;
 use crate::gvariant::{self, DecodeError, framing};
 
-use super::{Error, MAX_METADATA_SIZE, structure};
+use super::{Error, structure, within_metadata_limit};
 
 /// The type of a dirtree.
 const DIRTREE_TYPE: &str = "(a(say)a(sayay))";
@@ -87,12 +87,7 @@ impl DirTree {
     /// by re-encoding.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let kind = "dirtree";
-        if data.len() as u64 > MAX_METADATA_SIZE {
-            return Err(Error::TooLarge {
-                kind,
-                size: data.len() as u64,
-            });
-        }
+        within_metadata_limit(kind, data)?;
         let variant = |source| Error::Variant { kind, source };
         let name = |bytes: &[u8]| -> Result<FileName, Error> {
             let s = framing::string(bytes).map_err(variant)?;

@@ -198,18 +198,24 @@ pub(crate) fn structure(kind: &'static str, reason: impl Into<String>) -> Error 
     }
 }
 
-/// Decodes normal-form `data` of type `ty_str`, mapping errors to object errors.
-pub(crate) fn decode_object<'a>(
-    kind: &'static str,
-    ty_str: &str,
-    data: &'a [u8],
-) -> Result<gvariant::Value<'a>, Error> {
+/// Refuses metadata over [`MAX_METADATA_SIZE`].
+pub(crate) fn within_metadata_limit(kind: &'static str, data: &[u8]) -> Result<(), Error> {
     if data.len() as u64 > MAX_METADATA_SIZE {
         return Err(Error::TooLarge {
             kind,
             size: data.len() as u64,
         });
     }
+    Ok(())
+}
+
+/// Decodes normal-form `data` of type `ty_str`, mapping errors to object errors.
+pub(crate) fn decode_object<'a>(
+    kind: &'static str,
+    ty_str: &str,
+    data: &'a [u8],
+) -> Result<gvariant::Value<'a>, Error> {
+    within_metadata_limit(kind, data)?;
     let ty = gvariant::Type::parse(ty_str).map_err(|e| structure(kind, e.to_string()))?;
     gvariant::from_normal_bytes(&ty, data).map_err(|source| Error::Variant { kind, source })
 }

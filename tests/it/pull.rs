@@ -553,11 +553,13 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
     fs::create_dir_all(&outs).expect("mkdir");
     let out = outs.join("big.bin");
     fs::write(&out, "precious\n").expect("write");
-    let get = |path: &str| {
+    let get_to = |path: &str, to: &Path| {
         let mut c = pull(&server.url, "proj/x", &cache);
-        c.args(["--path", path, "-o"]).arg(&out);
+        c.args(["--path", path, "-o"]).arg(to);
         c
     };
+    let get = |path: &str| get_to(path, &out);
+    let big_to = |to: &Path| get_to("/data/big.bin", to);
 
     // Not a regular file: refused, and OUT is as it was.
     let err = fails(get("/link-rel"));
@@ -581,9 +583,7 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
     if is_root() {
         use std::os::unix::fs::{MetadataExt, chown, lchown, symlink};
         let fresh = outs.join("fresh.bin");
-        ok(pull(&server.url, "proj/x", &cache)
-            .args(["--path", "/data/big.bin", "-o"])
-            .arg(&fresh));
+        ok(big_to(&fresh));
         let fresh_mode = fs::metadata(&fresh).expect("stat").mode();
         fs::remove_file(&fresh).expect("rm");
         chown(&out, Some(65534), Some(65534)).expect("chown");
@@ -607,8 +607,7 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
         let planted = shared.join("out");
         symlink(&victim, &planted).expect("symlink");
         lchown(&planted, Some(65534), Some(65534)).expect("lchown");
-        let mut c = pull(&server.url, "proj/x", &cache);
-        let err = fails(c.args(["--path", "/data/big.bin", "-o"]).arg(&planted));
+        let err = fails(big_to(&planted));
         assert!(err.contains("another user made"), "{err}");
         assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
         // Nor through a directory of theirs there, or a symlink of theirs to
@@ -634,8 +633,7 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
             shared.join("work/out"),
             shared.join("work/../out"),
         ] {
-            let mut c = pull(&server.url, "proj/x", &cache);
-            let err = fails(c.args(["--path", "/data/big.bin", "-o"]).arg(&out));
+            let err = fails(big_to(&out));
             assert!(
                 err.contains("another user made"),
                 "{}: {err}",
@@ -644,25 +642,18 @@ fn one_file_replaces_out_only_when_verified_and_a_damaged_cached_copy_is_fetched
             assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
         }
         // Also when the working directory is theirs and OUT relative.
-        let mut c = pull(&server.url, "proj/x", &cache);
-        let err = fails(
-            c.current_dir(&their_dir)
-                .args(["--path", "/data/big.bin", "-o", "out"]),
-        );
+        let err = fails(big_to(Path::new("out")).current_dir(&their_dir));
         assert!(err.contains("another user made"), "{err}");
         assert_eq!(fs::read_to_string(&victim).expect("read"), "root's\n");
         lchown(&planted, Some(0), Some(0)).expect("lchown");
-        let mut c = pull(&server.url, "proj/x", &cache);
-        ok(c.args(["--path", "/data/big.bin", "-o"]).arg(&planted));
+        ok(big_to(&planted));
         assert!(fs::read(&victim).expect("read") == want);
-        let mut c = pull(&server.url, "proj/x", &cache);
-        ok(c.args(["--path", "/data/big.bin", "-o", "/dev/null"]));
+        ok(big_to(Path::new("/dev/null")));
         // A symlink of root's to nothing there: what it names is created,
         // but only where nothing is yet.
         let dangling = shared.join("dangling");
         symlink(shared.join("made"), &dangling).expect("symlink");
-        let mut c = pull(&server.url, "proj/x", &cache);
-        ok(c.args(["--path", "/data/big.bin", "-o"]).arg(&dangling));
+        ok(big_to(&dangling));
         assert!(fs::read(shared.join("made")).expect("read") == want);
     }
 

@@ -155,6 +155,10 @@ pub(crate) struct FileEntry {
     pub(crate) gid: u32,
     pub(crate) size: u64,
     pub(crate) symlink_target: Option<String>,
+    /// Its status change time (ctime) at the scan, in nanoseconds: any
+    /// write or chmod since moves it. A push compares it once more after
+    /// compressing instead of hashing the content a second time.
+    pub(crate) changed_at: i64,
 }
 
 /// One directory found by the scan; children refer to indices.
@@ -320,6 +324,7 @@ pub(crate) fn scan(root: &Path, opts: &Options) -> Result<Scan, Error> {
                 gid,
                 size: if ft.is_symlink() { 0 } else { md.len() },
                 symlink_target,
+                changed_at: ctime_ns(&md),
             });
         } else {
             return Err(Error::Unsupported {
@@ -329,6 +334,13 @@ pub(crate) fn scan(root: &Path, opts: &Options) -> Result<Scan, Error> {
         }
     }
     Ok(Scan { dirs, files })
+}
+
+/// A file's status change time in nanoseconds (wrapping in 2262).
+pub(crate) fn ctime_ns(md: &fs::Metadata) -> i64 {
+    md.ctime()
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(md.ctime_nsec())
 }
 
 impl FileEntry {

@@ -26,7 +26,10 @@ use tokio::sync::mpsc;
 
 use crate::checksum::Checksum;
 use crate::commit::{self, FileEntry, Scan};
-use crate::object::{Commit, DirTree, ObjectMap, ObjectName, ObjectType, write_filez};
+use crate::object::{
+    Commit, DirTree, FileHeader, ObjectMap, ObjectName, ObjectType, write_filez,
+    write_filez_unhashed,
+};
 use crate::protocol::frame::MAX_PAYLOAD;
 use crate::protocol::message::{MAGIC, MAX_BATCH, MAX_VERSION, MIN_VERSION};
 use crate::protocol::{
@@ -870,38 +873,32 @@ fn produce(
             let changed = || Error::from(repo::Error::ChangedWhileReading { path: path.clone() });
             let local_err =
                 |e: std::io::Error| Error::Local(format!("compress {}: {e}", path.display()));
-            // One read: write_filez hashes what it compresses, and a source
-            // that changed since it was hashed shows as a different checksum
-            // or length (reading at most one byte past the expected size).
-            let source: Box<dyn Read> = match file {
-                Some(file) => Box::new(file.take(entry.size + 1)),
-                None => Box::new(std::io::empty()),
+            // Compressed without hashing it again: depot-receive hashes every
+            // object anyway. A status change time and size as the scan saw
+            // them (before the content was hashed) show that nothing wrote
+            // to the file since; otherwise it is read again, hashed, and
+            // must still have the content it was named by.
+            let file = file.as_ref();
+            let (mut payload, _, n) =
+                compress(&header, entry.size, file, zlib_level, false, buf).map_err(local_err)?;
+            let unchanged = match file {
+                Some(f) => {
+                    let md = f.metadata().map_err(local_err)?;
+                    md.len() == entry.size && commit::ctime_ns(&md) == entry.changed_at
+                }
+                None => true,
             };
-            let payload = if entry.size <= IN_MEMORY_LIMIT {
-                buf.clear();
-                let (sum, n) = write_filez(&header, entry.size, source, zlib_level, &mut *buf)
+            if n != entry.size || !unchanged {
+                if let Some(mut f) = file {
+                    f.rewind().map_err(local_err)?;
+                }
+                let (again, sum, n) = compress(&header, entry.size, file, zlib_level, true, buf)
                     .map_err(local_err)?;
-                if sum != name.checksum || n != entry.size {
+                if sum != Some(name.checksum) || n != entry.size {
                     return Err(changed());
                 }
-                Payload::Memory(std::mem::take(buf))
-            } else {
-                let mut spool = tempfile::tempfile().map_err(local_err)?;
-                let (sum, n) = write_filez(
-                    &header,
-                    entry.size,
-                    source,
-                    zlib_level,
-                    std::io::BufWriter::new(&mut spool),
-                )
-                .map_err(local_err)?;
-                if sum != name.checksum || n != entry.size {
-                    return Err(changed());
-                }
-                let size = spool.stream_position().map_err(local_err)?;
-                spool.rewind().map_err(local_err)?;
-                Payload::Spool(spool, size)
-            };
+                payload = again;
+            }
             let size = match &payload {
                 Payload::Memory(v) => v.len() as u64,
                 Payload::Spool(_, s) => *s,
@@ -917,6 +914,42 @@ fn produce(
             }
             Ok(payload)
         }
+    }
+}
+
+/// Writes the `.filez` of `file` (none for a symlink) into memory, or a
+/// spool file when large; hashes the payload when asked. Returns the
+/// payload, the content checksum if hashed, and the bytes read (at most one
+/// past `size`).
+fn compress(
+    header: &FileHeader,
+    size: u64,
+    file: Option<&File>,
+    zlib_level: u32,
+    hashed: bool,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(Payload, Option<Checksum>, u64)> {
+    let source: Box<dyn Read + '_> = match file {
+        Some(f) => Box::new(f.take(size + 1)),
+        None => Box::new(std::io::empty()),
+    };
+    let write = |out: &mut dyn std::io::Write| {
+        if hashed {
+            write_filez(header, size, source, zlib_level, out).map(|(sum, n)| (Some(sum), n))
+        } else {
+            write_filez_unhashed(header, size, source, zlib_level, out).map(|n| (None, n))
+        }
+    };
+    if size <= IN_MEMORY_LIMIT {
+        buf.clear();
+        let (sum, n) = write(&mut *buf)?;
+        Ok((Payload::Memory(std::mem::take(buf)), sum, n))
+    } else {
+        let mut spool = tempfile::tempfile()?;
+        let (sum, n) = write(&mut std::io::BufWriter::new(&mut spool))?;
+        let stored = spool.stream_position()?;
+        spool.rewind()?;
+        Ok((Payload::Spool(spool, stored), sum, n))
     }
 }
 
@@ -1081,6 +1114,75 @@ impl Progress {
         if self.enabled {
             self.print();
             let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// The payload `produce` makes for the file at `name` in `dir`, inflated.
+    fn produced(
+        tree: &Local,
+        sums: &HashMap<String, ObjectName>,
+        name: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let payload = produce(tree, &sums[name], u64::MAX, 1, &mut Vec::new())?;
+        let Payload::Memory(filez) = payload else {
+            panic!("a small file is compressed in memory");
+        };
+        let header_len = u32::from_be_bytes(filez[..4].try_into().expect("4 bytes")) as usize;
+        let mut content = Vec::new();
+        flate2::read::DeflateDecoder::new(&filez[8 + header_len..])
+            .read_to_end(&mut content)
+            .expect("inflates");
+        Ok(content)
+    }
+
+    #[test]
+    fn a_file_written_after_it_was_hashed_is_not_sent_under_the_old_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["kept", "touched", "rewritten", "grown"] {
+            fs::write(dir.path().join(name), format!("{name} as hashed")).expect("write");
+        }
+        let (tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
+        // Every file has its own content, so each names one object.
+        let sums: HashMap<String, ObjectName> = tree
+            .content
+            .iter()
+            .map(|(name, &i)| (tree.scan.files[i].name.as_str().to_string(), *name))
+            .collect();
+        // Past the coarse clock's tick, so that a write moves the ctime.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let touched = dir.path().join("touched");
+        fs::set_permissions(
+            &touched,
+            fs::metadata(&touched).expect("stat").permissions(),
+        )
+        .expect("chmod");
+        // The same size: only the ctime shows it.
+        fs::write(dir.path().join("rewritten"), "REWRITTEN AS HASHED").expect("write");
+        fs::write(dir.path().join("grown"), "grown as hashed, and more").expect("write");
+        let tree = Local::Tree(tree);
+
+        assert_eq!(
+            produced(&tree, &sums, "kept").expect("sent"),
+            b"kept as hashed"
+        );
+        // The ctime moved, the content did not: read again, hashed, sent.
+        assert_eq!(
+            produced(&tree, &sums, "touched").expect("sent"),
+            b"touched as hashed"
+        );
+        for name in ["rewritten", "grown"] {
+            match produced(&tree, &sums, name) {
+                Err(Error::Repo(repo::Error::ChangedWhileReading { path })) => {
+                    assert_eq!(path, dir.path().join(name));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
         }
     }
 }

@@ -197,15 +197,41 @@ pub fn write_filez(
     size: u64,
     payload: impl std::io::Read,
     level: u32,
-    mut out: impl std::io::Write,
+    out: impl std::io::Write,
 ) -> std::io::Result<(crate::checksum::Checksum, u64)> {
     use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new_with_prefix(content_checksum_prefix(header));
+    let n = write_filez_with(header, size, payload, level, out, Some(&mut hasher))?;
+    Ok((crate::checksum::Checksum::from_hasher(hasher), n))
+}
+
+/// [`write_filez`] without hashing the payload again: for a caller that
+/// hashed it already and whose reader hashes the stored form anyway (a
+/// push: `depot-receive` checks every object), and that notices a changed
+/// source another way. Returns the length of what was read.
+pub fn write_filez_unhashed(
+    header: &FileHeader,
+    size: u64,
+    payload: impl std::io::Read,
+    level: u32,
+    out: impl std::io::Write,
+) -> std::io::Result<u64> {
+    write_filez_with(header, size, payload, level, out, None)
+}
+
+fn write_filez_with(
+    header: &FileHeader,
+    size: u64,
+    payload: impl std::io::Read,
+    level: u32,
+    mut out: impl std::io::Write,
+    mut hasher: Option<&mut sha2::Sha256>,
+) -> std::io::Result<u64> {
+    use sha2::Digest;
     out.write_all(&filez_header_bytes(header, size))?;
-    let mut hasher = Sha256::new();
-    hasher.update(content_checksum_prefix(header));
     if header.is_symlink() {
         out.flush()?;
-        return Ok((crate::checksum::Checksum::from_hasher(hasher), 0));
+        return Ok(0);
     }
     // One byte past `size` is enough to show a source that grew.
     let mut payload = std::io::Read::take(payload, size.saturating_add(1));
@@ -228,12 +254,14 @@ pub fn write_filez(
     let mut total = 0u64;
     while n > 0 {
         total += n as u64;
-        hasher.update(&buf[..n]);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         std::io::Write::write_all(&mut encoder, &buf[..n])?;
         n = read_some(&mut payload, &mut buf)?;
     }
     encoder.finish()?.flush()?;
-    Ok((crate::checksum::Checksum::from_hasher(hasher), total))
+    Ok(total)
 }
 
 /// How much of a payload [`looks_incompressible`] is shown, and the chunk a
@@ -274,21 +302,23 @@ impl WholeDeflate {
         }
     }
 
-    /// Reads the payload whole, hashes it, and writes it deflated at
-    /// `level`, or stored if it looks incompressible.
+    /// Reads the payload whole, hashes it (given a hasher), and writes it
+    /// deflated at `level`, or stored if it looks incompressible.
     fn write_body(
         &mut self,
         payload: &mut impl std::io::Read,
         size: u64,
-        mut hasher: sha2::Sha256,
+        hasher: Option<&mut sha2::Sha256>,
         level: u32,
         out: &mut impl std::io::Write,
-    ) -> std::io::Result<(crate::checksum::Checksum, u64)> {
+    ) -> std::io::Result<u64> {
         use sha2::Digest;
         self.input.clear();
         self.input.reserve_exact(size as usize + 1);
         payload.read_to_end(&mut self.input)?;
-        hasher.update(&self.input);
+        if let Some(h) = hasher {
+            h.update(&self.input);
+        }
         let sample = &self.input[..self.input.len().min(SAMPLE_LEN)];
         let level = if looks_incompressible(sample) {
             0
@@ -298,10 +328,7 @@ impl WholeDeflate {
         let deflated = self.deflate(level)?;
         out.write_all(deflated)?;
         out.flush()?;
-        Ok((
-            crate::checksum::Checksum::from_hasher(hasher),
-            self.input.len() as u64,
-        ))
+        Ok(self.input.len() as u64)
     }
 
     /// Deflates `self.input` at `level` (0, stored, to 12; above 12 is 12).

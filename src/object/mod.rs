@@ -20,7 +20,7 @@ pub use dirmeta::DirMeta;
 pub use dirtree::{DirTree, FileName, SubdirEntry};
 pub use file::{
     FileHeader, MAX_FILEZ_HEADER, Xattrs, content_checksum_prefix, filez_header_bytes,
-    parse_filez_header, write_filez,
+    parse_filez_header, write_filez, write_filez_unhashed,
 };
 pub use map::ObjectMap;
 

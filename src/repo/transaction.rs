@@ -656,8 +656,10 @@ impl Transaction {
         let mut staged =
             std::mem::take(&mut *lock_objects(&self.objects)).into_names_where(Standing::is_staged);
         self.publish_order(&mut staged)?;
+        let started = std::time::Instant::now();
         if durable {
             sync_fs(self.staging())?;
+            tracing::debug!("staged objects on disk after {:.2?}", started.elapsed());
         }
         let objects = self.repo.path.join("objects");
         let prefixes: std::collections::BTreeSet<u8> =
@@ -690,8 +692,14 @@ impl Transaction {
             fs::rename(self.staged_path(name), &target)
                 .map_err(io_err("publish object", &target))?;
         }
+        tracing::debug!(
+            "{} objects moved into objects/ after {:.2?}",
+            staged.len(),
+            started.elapsed()
+        );
         if durable && !staged.is_empty() {
             sync_fs(&objects)?;
+            tracing::debug!("published objects on disk after {:.2?}", started.elapsed());
         }
         if !updates.is_empty() {
             self.apply_ref_updates(updates)?;

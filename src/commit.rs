@@ -155,9 +155,10 @@ pub(crate) struct FileEntry {
     pub(crate) gid: u32,
     pub(crate) size: u64,
     pub(crate) symlink_target: Option<String>,
-    /// Its status change time (ctime) at the scan, in nanoseconds: any
-    /// write or chmod since moves it. A push compares it once more after
-    /// compressing instead of hashing the content a second time.
+    /// Its status change time (ctime) at the scan, in nanoseconds. A push
+    /// compares it once more after compressing instead of hashing the
+    /// content a second time: a write or chmod usually moves it (what it
+    /// misses, depot-receive refuses).
     pub(crate) changed_at: i64,
 }
 
@@ -177,6 +178,8 @@ pub(crate) struct DirNode {
 pub(crate) struct Scan {
     pub(crate) dirs: Vec<DirNode>,
     pub(crate) files: Vec<FileEntry>,
+    /// The clock when the scan began, in nanoseconds since the epoch.
+    pub(crate) started_at: i64,
 }
 
 impl Scan {
@@ -231,6 +234,9 @@ fn collect_xattrs(
 
 /// Walks `root` without following symlinks and records what to commit.
 pub(crate) fn scan(root: &Path, opts: &Options) -> Result<Scan, Error> {
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let md = fs::symlink_metadata(root).map_err(io_err("read", root))?;
     if !md.is_dir() {
         return Err(Error::NotADirectory {
@@ -333,7 +339,11 @@ pub(crate) fn scan(root: &Path, opts: &Options) -> Result<Scan, Error> {
             });
         }
     }
-    Ok(Scan { dirs, files })
+    Ok(Scan {
+        dirs,
+        files,
+        started_at,
+    })
 }
 
 /// A file's status change time in nanoseconds (wrapping in 2262).

@@ -43,6 +43,9 @@ use crate::repo::{self, Repo};
 const IN_MEMORY_LIMIT: u64 = 4 * 1024 * 1024;
 /// Objects compressed ahead of the writer.
 const QUEUE_DEPTH: usize = 8;
+/// A file whose ctime is this close to the scan (or after it) is hashed
+/// again when it is compressed: its ctime may not show a write.
+const RACY_NANOS: i64 = 2_000_000_000;
 /// Compression level when the server does not say (ostree's default).
 const DEFAULT_ZLIB_LEVEL: u32 = 6;
 
@@ -190,6 +193,8 @@ pub enum Error {
     Transport {
         /// What happened.
         message: String,
+        /// The server's code, when the server said why.
+        server_code: Option<ErrorCode>,
     },
     /// Reading the local tree or repository failed (exit 1).
     #[error(transparent)]
@@ -233,6 +238,7 @@ impl Error {
             ErrorCode::Conflict => Error::Conflict { message },
             _ => Error::Transport {
                 message: format!("the server failed ({}): {message}", code.as_str()),
+                server_code: Some(code),
             },
         }
     }
@@ -247,6 +253,7 @@ fn connection_failed(e: crate::protocol::connection::Error) -> Error {
 fn transport(e: impl std::fmt::Display) -> Error {
     Error::Transport {
         message: e.to_string(),
+        server_code: None,
     }
 }
 
@@ -508,7 +515,10 @@ async fn push_async(opts: &Options) -> Result<Outcome, Error> {
     let mut writer = FrameWriter::new(stdin);
     let result = session(opts, &mut reader, &mut writer, started).await;
     let result = match result {
-        Err(Error::Transport { message }) => {
+        Err(Error::Transport {
+            message,
+            server_code,
+        }) => {
             // Say how the transport ended: ssh's status tells auth failures.
             drop(writer);
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
@@ -520,6 +530,7 @@ async fn push_async(opts: &Options) -> Result<Outcome, Error> {
             };
             Err(Error::Transport {
                 message: format!("{message}{how}"),
+                server_code,
             })
         }
         Err(e) => Err(e),
@@ -712,50 +723,91 @@ async fn session(
     }
 
     let local = Arc::new(local);
-    let to_send = negotiate(&local, &updates, reader, writer).await?;
-    tracing::debug!(
-        "negotiated at {:.2?}: {} objects to send",
-        started.elapsed(),
-        to_send.len()
-    );
-    let (objects_sent, bytes_sent) = match send_objects(
-        &local,
-        to_send,
-        limits.max_object_size,
-        zlib_level,
-        writer,
-        opts.progress,
-    )
-    .await
-    {
-        Ok(v) => v,
-        Err(Error::Transport { message }) => return Err(reason_for_hangup(reader, message).await),
-        Err(e) => return Err(e),
-    };
-    tracing::debug!("sent at {:.2?}", started.elapsed());
-    writer
-        .send(&Message::Done {})
+    let sent = async {
+        let to_send = negotiate(&local, &updates, reader, writer).await?;
+        tracing::debug!(
+            "negotiated at {:.2?}: {} objects to send",
+            started.elapsed(),
+            to_send.len()
+        );
+        let (objects_sent, bytes_sent) = match send_objects(
+            &local,
+            to_send,
+            limits.max_object_size,
+            zlib_level,
+            writer,
+            opts.progress,
+        )
         .await
-        .map_err(connection_failed)?;
-    if let Err(e) = writer.flush().await {
-        return Err(reason_for_hangup(reader, e.to_string()).await);
+        {
+            Ok(v) => v,
+            Err(Error::Transport { message, .. }) => {
+                return Err(reason_for_hangup(reader, message).await);
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::debug!("sent at {:.2?}", started.elapsed());
+        writer
+            .send(&Message::Done {})
+            .await
+            .map_err(connection_failed)?;
+        if let Err(e) = writer.flush().await {
+            return Err(reason_for_hangup(reader, e.to_string()).await);
+        }
+        match expect_reply(reader).await? {
+            Message::Result { refs, .. } if refs != updates => Err(transport(format!(
+                "the server reports other ref changes than were asked for: {}",
+                refs.iter()
+                    .map(|r| format!("{} -> {}", r.name, r.new))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            Message::Result { refs, .. } => Ok(Outcome {
+                refs,
+                objects_sent,
+                bytes_sent,
+                duration_ms: started.elapsed().as_millis() as u64,
+            }),
+            m => Err(unexpected(&m, "result")),
+        }
     }
-    match expect_reply(reader).await? {
-        Message::Result { refs, .. } if refs != updates => Err(transport(format!(
-            "the server reports other ref changes than were asked for: {}",
-            refs.iter()
-                .map(|r| format!("{} -> {}", r.name, r.new))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-        Message::Result { refs, .. } => Ok(Outcome {
-            refs,
-            objects_sent,
-            bytes_sent,
-            duration_ms: started.elapsed().as_millis() as u64,
-        }),
-        m => Err(unexpected(&m, "result")),
+    .await;
+    match sent {
+        // The receiver found an object that does not match its name: a file
+        // changed in a way its ctime did not show, or the bytes were damaged
+        // on the way. Which one, hashing the files again tells.
+        Err(
+            e @ Error::Transport {
+                server_code: Some(ErrorCode::BadObject),
+                ..
+            },
+        ) => {
+            let local = Arc::clone(&local);
+            match tokio::task::spawn_blocking(move || changed_file(&local)).await {
+                Ok(Some(path)) => Err(repo::Error::ChangedWhileReading { path }.into()),
+                _ => Err(e),
+            }
+        }
+        sent => sent,
     }
+}
+
+/// The first file of a pushed tree that no longer has the content it was
+/// named by (or cannot be read again), if any.
+fn changed_file(local: &Local) -> Option<PathBuf> {
+    let Local::Tree(t) = local else {
+        return None;
+    };
+    let files: Vec<(ObjectName, usize)> = t.content.iter().map(|(n, &i)| (*n, i)).collect();
+    files.par_iter().find_map_any(|(name, i)| {
+        let entry = &t.scan.files[*i];
+        let path = t.scan.path(entry);
+        let hashed = commit::hash_entry(entry, &path, !t.has_xattrs[*i], &mut Vec::new());
+        match hashed {
+            Ok(h) if h.checksum == name.checksum => None,
+            _ => Some(path),
+        }
+    })
 }
 
 enum PreparedCommit {
@@ -875,30 +927,48 @@ fn produce(
                 |e: std::io::Error| Error::Local(format!("compress {}: {e}", path.display()));
             // Compressed without hashing it again: depot-receive hashes every
             // object anyway. A status change time and size as the scan saw
-            // them (before the content was hashed) show that nothing wrote
-            // to the file since; otherwise it is read again, hashed, and
-            // must still have the content it was named by.
+            // them (before the content was hashed) usually show that nothing
+            // wrote to the file since; otherwise it is read again, hashed,
+            // and must still have the content it was named by. As git does
+            // for its index, a file changed shortly before the scan is
+            // hashed again regardless: a write in the same clock tick, or
+            // one still under way, need not move the ctime. What slips
+            // through (a store through a shared mapping) the receiver
+            // refuses, and `changed_file` then names the file.
             let file = file.as_ref();
-            let (mut payload, _, n) =
-                compress(&header, entry.size, file, zlib_level, false, buf).map_err(local_err)?;
-            let unchanged = match file {
-                Some(f) => {
+            let racy = entry.changed_at > t.scan.started_at.saturating_sub(RACY_NANOS);
+            let fast = match file {
+                Some(f) if !racy => {
+                    let (payload, _, n) =
+                        compress(&header, entry.size, file, zlib_level, false, buf)
+                            .map_err(local_err)?;
                     let md = f.metadata().map_err(local_err)?;
-                    md.len() == entry.size && commit::ctime_ns(&md) == entry.changed_at
+                    let unchanged = n == entry.size
+                        && md.len() == entry.size
+                        && commit::ctime_ns(&md) == entry.changed_at;
+                    if unchanged {
+                        Some(payload)
+                    } else {
+                        let mut reader = f;
+                        reader.rewind().map_err(local_err)?;
+                        None
+                    }
                 }
-                None => true,
+                // A symlink's header is all there is to hash.
+                _ => None,
             };
-            if n != entry.size || !unchanged {
-                if let Some(mut f) = file {
-                    f.rewind().map_err(local_err)?;
+            let payload = match fast {
+                Some(payload) => payload,
+                None => {
+                    let (payload, sum, n) =
+                        compress(&header, entry.size, file, zlib_level, true, buf)
+                            .map_err(local_err)?;
+                    if sum != Some(name.checksum) || n != entry.size {
+                        return Err(changed());
+                    }
+                    payload
                 }
-                let (again, sum, n) = compress(&header, entry.size, file, zlib_level, true, buf)
-                    .map_err(local_err)?;
-                if sum != Some(name.checksum) || n != entry.size {
-                    return Err(changed());
-                }
-                payload = again;
-            }
+            };
             let size = match &payload {
                 Payload::Memory(v) => v.len() as u64,
                 Payload::Spool(_, s) => *s,
@@ -1147,7 +1217,10 @@ mod tests {
         for name in ["kept", "touched", "rewritten", "grown"] {
             fs::write(dir.path().join(name), format!("{name} as hashed")).expect("write");
         }
-        let (tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
+        let (mut tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
+        // As if the files were written long before the scan: not hashed
+        // again unless their ctime moved.
+        tree.scan.started_at = i64::MAX;
         // Every file has its own content, so each names one object.
         let sums: HashMap<String, ObjectName> = tree
             .content
@@ -1184,5 +1257,37 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_file_changed_just_before_the_scan_is_hashed_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("racy");
+        fs::write(&path, "as hashed").expect("write");
+        let (mut tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
+        fs::write(&path, "AS HASHED").expect("write");
+        // A write whose ctime looks like the scan's: a coarse clock, or a
+        // write still under way while the scan looked.
+        let md = fs::metadata(&path).expect("stat");
+        tree.scan.files[0].changed_at = commit::ctime_ns(&md);
+        let name = *tree.content.iter().next().expect("one object").0;
+        let sums = HashMap::from([("racy".to_string(), name)]);
+        match produced(&Local::Tree(tree), &sums, "racy") {
+            Err(Error::Repo(repo::Error::ChangedWhileReading { path: p })) => assert_eq!(p, path),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn changed_file_names_the_file_that_no_longer_matches_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["a", "b"] {
+            fs::write(dir.path().join(name), format!("{name} as hashed")).expect("write");
+        }
+        let (tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
+        let tree = Local::Tree(tree);
+        assert_eq!(changed_file(&tree), None);
+        fs::write(dir.path().join("b"), "B AS HASHED").expect("write");
+        assert_eq!(changed_file(&tree), Some(dir.path().join("b")));
     }
 }

@@ -816,18 +816,20 @@ pub fn pull(
         // As ostree pull does, the cache marks a commit partial until all
         // it needs is there, so that `ostree fsck` of the cache (and depot
         // fsck) skip a commit that a --path pull or a killed pull left.
+        // The mark is made once the commit is staged (a failed fetch leaves
+        // none) and before anything is published.
         let partial = repo.path().join(format!("state/{commit}.commitpartial"));
         let complete = repo.has_object(&commit_name) && !partial.exists();
-        if !complete {
-            std::fs::File::create(&partial)
-                .map_err(|e| Error::Local(format!("create {}: {e}", partial.display())))?;
-        }
         fetcher
             .fetch_all(vec![(
                 commit_name,
                 Some(commit_size.unwrap_or(MAX_METADATA_SIZE)),
             )])
             .await?;
+        if !complete {
+            std::fs::File::create(&partial)
+                .map_err(|e| Error::Local(format!("create {}: {e}", partial.display())))?;
+        }
         let c = fetcher.tx.load_commit(&commit)?;
         if !c.may_be_under(name.as_str()) {
             let bound =

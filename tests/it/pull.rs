@@ -266,9 +266,11 @@ fn a_lying_server_is_caught_nothing_is_checked_out_and_the_pull_resumes() {
     assert_eq!(&s[..7], b"proj/x\0");
     s[8..16].copy_from_slice(&10u64.to_le_bytes());
     fs::write(&summary, &s).expect("write");
-    let err =
-        fails(pull(&server.url, "proj/x", &tmp.path().join("cache2")).arg(tmp.path().join("co2")));
+    let cache2 = tmp.path().join("cache2");
+    let err = fails(pull(&server.url, "proj/x", &cache2).arg(tmp.path().join("co2")));
     assert!(err.contains(".commit") && err.contains("10"), "{err}");
+    // The commit was never stored, so it is not marked partial either.
+    assert_eq!(names_in(&cache2.join("state")), Vec::<String>::new());
     // A summary that is not in normal form.
     s[7] = 1;
     fs::write(&summary, &s).expect("write");

@@ -1199,16 +1199,92 @@ mod tests {
         sums: &HashMap<String, ObjectName>,
         name: &str,
     ) -> Result<Vec<u8>, Error> {
-        let payload = produce(tree, &sums[name], u64::MAX, 1, &mut Vec::new())?;
-        let Payload::Memory(filez) = payload else {
-            panic!("a small file is compressed in memory");
+        produced_whole(tree, sums, name).map(|(_, content)| content)
+    }
+
+    /// [`produced`], with the header the payload declares.
+    fn produced_whole(
+        tree: &Local,
+        sums: &HashMap<String, ObjectName>,
+        name: &str,
+    ) -> Result<(FileHeader, Vec<u8>), Error> {
+        let filez = match produce(tree, &sums[name], u64::MAX, 1, &mut Vec::new())? {
+            Payload::Memory(filez) => filez,
+            Payload::Spool(mut spool, size) => {
+                let mut filez = Vec::new();
+                spool.read_to_end(&mut filez).expect("read the spool");
+                assert_eq!(filez.len() as u64, size, "the spool's declared size");
+                filez
+            }
         };
         let header_len = u32::from_be_bytes(filez[..4].try_into().expect("4 bytes")) as usize;
+        let (header, size) =
+            crate::object::parse_filez_header(&filez[8..8 + header_len]).expect("header");
         let mut content = Vec::new();
-        flate2::read::DeflateDecoder::new(&filez[8 + header_len..])
-            .read_to_end(&mut content)
-            .expect("inflates");
-        Ok(content)
+        if !header.is_symlink() {
+            flate2::read::DeflateDecoder::new(&filez[8 + header_len..])
+                .read_to_end(&mut content)
+                .expect("inflates");
+        }
+        assert_eq!(content.len() as u64, size, "{name}: the declared size");
+        Ok((header, content))
+    }
+
+    /// `len` bytes of numbered lines that start with `name`: compressible,
+    /// and different for each name.
+    fn lines(name: &str, len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len + 64);
+        let mut i = 0u64;
+        while v.len() < len {
+            v.extend_from_slice(format!("{name} line {i}\n").as_bytes());
+            i += 1;
+        }
+        v.truncate(len);
+        v
+    }
+
+    #[test]
+    fn a_spooled_file_is_caught_when_changed_and_a_symlink_is_sent_as_scanned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Over IN_MEMORY_LIMIT: compressed into a spool file.
+        let big_len = IN_MEMORY_LIMIT as usize + 1024 * 1024;
+        for name in ["big", "big-rewritten"] {
+            fs::write(dir.path().join(name), lines(name, big_len)).expect("write");
+        }
+        for (name, target) in [("link", "target-a"), ("link-moved", "target-b")] {
+            std::os::unix::fs::symlink(target, dir.path().join(name)).expect("symlink");
+        }
+        let (mut tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
+        tree.scan.started_at = i64::MAX;
+        let sums: HashMap<String, ObjectName> = tree
+            .content
+            .iter()
+            .map(|(name, &i)| (tree.scan.files[i].name.as_str().to_string(), *name))
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // The same size: only the content differs from what was hashed.
+        let mut rewritten = lines("big-rewritten", big_len);
+        rewritten[big_len / 2] ^= 1;
+        fs::write(dir.path().join("big-rewritten"), rewritten).expect("write");
+        fs::remove_file(dir.path().join("link-moved")).expect("rm");
+        std::os::unix::fs::symlink("target-c", dir.path().join("link-moved")).expect("symlink");
+        let tree = Local::Tree(tree);
+
+        let (header, content) = produced_whole(&tree, &sums, "big").expect("sent");
+        assert!(!header.is_symlink());
+        assert!(content == lines("big", big_len), "big: other content sent");
+        // A symlink is sent as the scan read it, which is what it was
+        // named by, even when it has been pointed elsewhere since.
+        for (name, target) in [("link", "target-a"), ("link-moved", "target-b")] {
+            let (header, content) = produced_whole(&tree, &sums, name).expect("sent");
+            assert_eq!((header.symlink_target.as_str(), content.len()), (target, 0));
+        }
+        match produced(&tree, &sums, "big-rewritten") {
+            Err(Error::Repo(repo::Error::ChangedWhileReading { path })) => {
+                assert_eq!(path, dir.path().join("big-rewritten"));
+            }
+            other => panic!("{:?}", other.map(|c| c.len())),
+        }
     }
 
     #[test]

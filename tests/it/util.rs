@@ -12,13 +12,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs a command and returns its output; the test fails if it cannot start.
+/// How long one command of a test may run: far longer than any here takes,
+/// so that one that hangs (a fifo opened, a silent server waited on without
+/// end) fails its test instead of stalling the whole run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs a command, its stdin empty as with [`Command::output`], and returns
+/// its output; the test fails if it cannot start or outlasts
+/// [`COMMAND_TIMEOUT`] (it is killed then).
 pub fn run(mut cmd: impl BorrowMut<Command>) -> Output {
     let cmd = cmd.borrow_mut();
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {program}: {e}. The README's test command installs it (apt-get install ostree strace python3).")
-    })
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e}. The README's test command installs it (apt-get install ostree strace python3).")
+        });
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match finished.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("waiting for {program}: {e}")),
+        Err(_) => {
+            // Not reaped yet, so the pid is still the child's.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{cmd:?} did not finish within {COMMAND_TIMEOUT:?}; it was killed");
+        }
+    }
 }
 
 /// Runs a command that must succeed; returns stdout as text.

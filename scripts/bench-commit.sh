@@ -24,7 +24,7 @@
 #                    The tree, the repositories and the raw results live here;
 #                    nothing is written outside it (except cargo's target/).
 #   BENCH_RUNS       number of runs (default 5)
-#   BENCH_MAX_BYTES  size limit of the test tree in bytes (default 400000000)
+#   BENCH_MAX_BYTES  size limit of the test tree in bytes (default 450000000)
 #   BENCH_MAX_FILES  entry limit of the test tree (default 14000)
 #   The tree is kept between invocations and reused while its limits match;
 #   delete BENCH_WORK/tree to rebuild it.

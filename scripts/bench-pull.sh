@@ -23,13 +23,14 @@ RUNS=${BENCH_RUNS:-5}
 TREE=$BASE/tree
 DELETED_STAMP=$BASE/deleted.stamp # shared with bench-push.sh
 log() { echo "bench-pull: $*" >&2; }
-# SETTLE_SECONDS, deleted_many and settle.
+# make_tree, SETTLE_SECONDS, deleted_many and settle.
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 die() { echo "bench-pull: $*" >&2; exit 1; }
 for tool in ostree nginx; do command -v $tool >/dev/null || [ -x /usr/sbin/$tool ] || die "$tool is missing (apt-get install $tool)"; done
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
-[ -d "$TREE" ] || "$ROOT/scripts/bench-commit.sh" >/dev/null || die "could not build the test tree"
+mkdir -p "$BASE"
+WORK=$BASE make_tree # the tree of bench-commit.sh and bench-push.sh, built or reused
 (cd "$ROOT" && cargo build --release --quiet --bins) || die "cargo build failed"
 DEPOT=$ROOT/target/release/depot
 

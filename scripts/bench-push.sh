@@ -60,7 +60,7 @@
 #   BENCH_ZLIB_LEVEL   when set (1-9), written as [archive] zlib-level into each
 #                      fresh server repository (and the ostree repository);
 #                      otherwise they use the default, 6
-#   BENCH_MAX_BYTES    size limit of the test tree in bytes (default 400000000)
+#   BENCH_MAX_BYTES    size limit of the test tree in bytes (default 450000000)
 #   BENCH_MAX_FILES    entry limit of the test tree (default 14000)
 #   BENCH_SMALL_FILES  number of files in the small-files tree (default 50000)
 #   The test tree is the one scripts/bench-commit.sh builds (same place, same
@@ -160,12 +160,6 @@ remove_leftovers() {
         deleted_many
     fi
 }
-
-# Builds TREE from SOURCES: regular files under MAX_FILE_SIZE and symlinks
-# (kept as symlinks), in sorted order, until MAX_FILES entries or MAX_BYTES
-# bytes would be exceeded. A source's layout is kept: /usr/share/doc/x/y
-# becomes TREE/usr/share/doc/x/y. This is scripts/bench-commit.sh's tree, with
-# the same marker, so the two scripts share it.
 
 # Builds SMALL: SMALL_FILES files of 1024 to 4096 bytes of pseudo-random
 # bytes from Perl's rand (its own drand48 since Perl 5.20, so the same seed

@@ -1243,6 +1243,22 @@ mod tests {
         v
     }
 
+    /// Hashes `dir` as if its files were written long before the scan (so
+    /// that only a moved ctime gets one hashed again), waits past the
+    /// coarse clock's tick so that a later write moves the ctime, and maps
+    /// each file's name to its object (every file here has its own content).
+    fn hashed_long_after_written(dir: &Path) -> (TreeObjects, HashMap<String, ObjectName>) {
+        let (mut tree, _, _) = hash_tree(dir, &commit::Options::default()).expect("hashes");
+        tree.scan.started_at = i64::MAX;
+        let sums = tree
+            .content
+            .iter()
+            .map(|(name, &i)| (tree.scan.files[i].name.as_str().to_string(), *name))
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        (tree, sums)
+    }
+
     #[test]
     fn a_spooled_file_is_caught_when_changed_and_a_symlink_is_sent_as_scanned() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1254,14 +1270,7 @@ mod tests {
         for (name, target) in [("link", "target-a"), ("link-moved", "target-b")] {
             std::os::unix::fs::symlink(target, dir.path().join(name)).expect("symlink");
         }
-        let (mut tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
-        tree.scan.started_at = i64::MAX;
-        let sums: HashMap<String, ObjectName> = tree
-            .content
-            .iter()
-            .map(|(name, &i)| (tree.scan.files[i].name.as_str().to_string(), *name))
-            .collect();
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (tree, sums) = hashed_long_after_written(dir.path());
         // The same size: only the content differs from what was hashed.
         let mut rewritten = lines("big-rewritten", big_len);
         rewritten[big_len / 2] ^= 1;
@@ -1293,18 +1302,7 @@ mod tests {
         for name in ["kept", "touched", "rewritten", "grown"] {
             fs::write(dir.path().join(name), format!("{name} as hashed")).expect("write");
         }
-        let (mut tree, _, _) = hash_tree(dir.path(), &commit::Options::default()).expect("hashes");
-        // As if the files were written long before the scan: not hashed
-        // again unless their ctime moved.
-        tree.scan.started_at = i64::MAX;
-        // Every file has its own content, so each names one object.
-        let sums: HashMap<String, ObjectName> = tree
-            .content
-            .iter()
-            .map(|(name, &i)| (tree.scan.files[i].name.as_str().to_string(), *name))
-            .collect();
-        // Past the coarse clock's tick, so that a write moves the ctime.
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (tree, sums) = hashed_long_after_written(dir.path());
         let touched = dir.path().join("touched");
         fs::set_permissions(
             &touched,

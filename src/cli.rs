@@ -757,10 +757,15 @@ pub fn check_original_command(cmd: &str, repo: &std::path::Path) -> Result<(), S
         [] => Ok(()),
         [flag, path] if flag.as_str() == "--repo" => {
             let asked = std::path::Path::new(path.as_str());
+            // A bare name (`ssh://host/repo`) may name the repository by its
+            // last component; a longer path must be the repository itself.
+            let bare_name = asked.components().count() == 1
+                && matches!(
+                    asked.components().next(),
+                    Some(std::path::Component::Normal(_))
+                );
             let same = asked == repo
-                || asked
-                    .file_name()
-                    .is_some_and(|n| Some(n) == repo.file_name())
+                || (bare_name && asked.file_name() == repo.file_name())
                 || asked
                     .canonicalize()
                     .ok()
@@ -894,6 +899,9 @@ mod tests {
         for bad in [
             "sh -c id",
             "depot-receive --repo /srv/other",
+            "depot-receive --repo /srv/other/artifacts",
+            "depot-receive --repo other/artifacts",
+            "depot-receive --repo ../artifacts",
             "depot-receive --allow-ref '**'",
             "depot-receive --repo /srv/artifacts --allow-non-fast-forward",
             "depot-receive; id",

@@ -3,8 +3,8 @@
 //! ostree locks `<repo>/.lock` with open-file-description locks
 //! (`fcntl(F_OFD_SETLK)`): shared while writing objects, exclusive while
 //! deleting. `flock` locks do not conflict with those, so depot uses the very
-//! same OFD locks; `ostree prune` then waits for a depot push and a depot
-//! prune waits for an `ostree commit`.
+//! same OFD locks; `ostree prune` then waits for a depot push, and a depot
+//! push for a prune.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -56,7 +56,7 @@ pub enum Error {
     /// Another process kept the lock for the whole wait.
     #[error(
         "could not take a {mode} lock on {path} within {waited:?}: {holders}; \
-         wait for it to finish (an `ostree prune` or `depot prune` holds it exclusively, \
+         wait for it to finish (an `ostree prune` holds it exclusively, \
          commits and pushes hold it shared) or raise core.lock-timeout-secs in the repository config"
     )]
     Busy {

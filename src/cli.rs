@@ -617,6 +617,11 @@ pub struct ReceiveCli {
     /// Let a ref move to a commit that does not descend from its current commit.
     #[arg(long)]
     pub allow_non_fast_forward: bool,
+    /// Give up on a client that sends nothing for this many seconds (it may
+    /// hold the repository's lock). A client sends its ref update only once
+    /// it has hashed its tree: raise this for trees that take longer.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub idle_timeout: u64,
     /// Private state (audit log, refs-changed stamp); never inside the
     /// repository. Default: $XDG_STATE_HOME/depot or ~/.local/state/depot.
     #[arg(long)]
@@ -696,6 +701,7 @@ impl ReceiveCli {
             min_free_space: self.min_free_space,
             allow_non_fast_forward: self.allow_non_fast_forward,
             state_dir,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
         })
     }
 }
@@ -801,8 +807,17 @@ pub fn receive_main() -> i32 {
             return 2;
         }
     };
-    if let Ok(cmd) = std::env::var("SSH_ORIGINAL_COMMAND")
-        && let Err(m) = check_original_command(&cmd, &policy.repo)
+    // Present but not UTF-8 is refused too: it cannot be `depot-receive`.
+    if let Some(cmd) = std::env::var_os("SSH_ORIGINAL_COMMAND")
+        && let Err(m) = cmd
+            .to_str()
+            .ok_or_else(|| {
+                format!(
+                    "this key may only push with depot (it runs depot-receive), not {:?}",
+                    cmd.to_string_lossy()
+                )
+            })
+            .and_then(|cmd| check_original_command(cmd, &policy.repo))
     {
         tracing::warn!(key = %policy.key_id, "refused command: {m}");
         send_early_error(crate::protocol::ErrorCode::Forbidden, &m);

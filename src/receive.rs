@@ -108,6 +108,9 @@ pub struct Policy {
     pub allow_non_fast_forward: bool,
     /// Private state: the audit log and the refs-changed stamp.
     pub state_dir: PathBuf,
+    /// The longest wait for the client's next frame: a client that goes
+    /// silent must not hold a receiver, and the repository's lock, forever.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Policy {
@@ -350,6 +353,21 @@ where
     result.map(|()| report)
 }
 
+/// The client's next frame, or a failure once it has sent nothing for the
+/// policy's idle timeout.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    policy: &Policy,
+) -> Result<Option<Incoming>, Failure> {
+    match tokio::time::timeout(policy.idle_timeout, reader.read()).await {
+        Ok(frame) => Ok(frame?),
+        Err(_) => Err(Failure::protocol(format!(
+            "the client sent nothing for {} s, so the server gave up (its --idle-timeout)",
+            policy.idle_timeout.as_secs()
+        ))),
+    }
+}
+
 async fn session<R, W>(
     policy: &Policy,
     reader: &mut FrameReader<R>,
@@ -367,7 +385,7 @@ where
         max_version,
         software,
         ..
-    })) = reader.read().await?
+    })) = read_frame(reader, policy).await?
     else {
         return Err(Failure::protocol("expected a hello message first"));
     };
@@ -403,7 +421,7 @@ where
     // 2-3. Ref queries, then the update.
     let mut refused: Option<String> = None;
     let updates = loop {
-        match reader.read().await? {
+        match read_frame(reader, policy).await? {
             Some(Incoming::Message(Message::QueryRefs { refs })) => {
                 if refs.len() > MAX_BATCH {
                     return Err(Failure::protocol(format!(
@@ -475,7 +493,8 @@ where
             ));
         }
     }
-    check_free_space(policy)?;
+    // Room for the first window of objects (see the checks as they arrive).
+    check_free_space(policy, SPACE_CHECK_EVERY)?;
     let tx = Arc::new(repo.begin()?);
     writer
         .send(&Message::Accepted {
@@ -504,14 +523,14 @@ where
     let mut gathering: Option<(ObjectName, BytesMut)> = None;
     let mut batch = Batch::default();
     let mut remaining: u64 = 0;
-    let mut next_space_check = 64 * 1024 * 1024u64;
+    let mut next_space_check = SPACE_CHECK_EVERY;
     // Writing back while objects still arrive leaves the final sync, with
     // the push waiting on it, little to do.
     let mut writeback: Option<tokio::task::JoinHandle<Result<(), repo::Error>>> = None;
     let mut next_writeback = WRITEBACK_EVERY;
     let receiving = Instant::now();
     let received = loop {
-        let frame = reader.read().await?;
+        let frame = read_frame(reader, policy).await?;
         let forwarded = match frame {
             Some(Incoming::Message(Message::Want { objects })) => {
                 if objects.len() > MAX_BATCH {
@@ -581,8 +600,10 @@ where
                     ));
                 }
                 if report.bytes >= next_space_check {
-                    check_free_space(policy)?;
-                    next_space_check = report.bytes + 64 * 1024 * 1024;
+                    // Until the next check: this object, and up to one
+                    // window of smaller ones (a larger one checks again).
+                    check_free_space(policy, size.saturating_add(SPACE_CHECK_EVERY))?;
+                    next_space_check = report.bytes + SPACE_CHECK_EVERY;
                 }
                 if report.bytes >= next_writeback
                     && writeback
@@ -751,7 +772,12 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
     Ok(())
 }
 
-fn check_free_space(policy: &Policy) -> Result<(), Failure> {
+/// How many declared bytes may arrive between two checks of the free space.
+const SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
+
+/// Fails unless the repository's disk has room for `coming` more bytes and
+/// the policy's reserve besides.
+fn check_free_space(policy: &Policy, coming: u64) -> Result<(), Failure> {
     if policy.min_free_space == 0 {
         return Ok(());
     }
@@ -762,11 +788,12 @@ fn check_free_space(policy: &Policy) -> Result<(), Failure> {
         )
     })?;
     let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-    if free < policy.min_free_space {
+    if free < policy.min_free_space.saturating_add(coming) {
         return Err(Failure::new(
             ErrorCode::NoSpace,
             format!(
-                "the server has {free} bytes free, less than its {}-byte reserve; ask the admin to prune",
+                "the server has {free} bytes free, too few for the next {coming} bytes of this \
+                 push and its {}-byte reserve; ask the admin to prune",
                 policy.min_free_space
             ),
         ));

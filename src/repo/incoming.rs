@@ -114,6 +114,10 @@ struct Body {
     inflated: u64,
     ended: bool,
     saw_deflate_bytes: bool,
+    /// A symlink's object may end after its header, as ostree writes it; a
+    /// regular file's needs a deflate stream even when empty (ostree's
+    /// reader fails without one).
+    symlink: bool,
 }
 
 /// One object being received into a transaction.
@@ -256,6 +260,13 @@ impl<'t> IncomingObject<'t> {
                 {
                     let body =
                         body.ok_or_else(|| invalid(name, "the object ends inside its header"))?;
+                    if !body.ended && !body.saw_deflate_bytes && !body.symlink {
+                        return Err(invalid(
+                            name,
+                            "a regular file's object ends after its header, with no compressed \
+                             content (only a symlink's may)",
+                        ));
+                    }
                     if !body.ended && (body.saw_deflate_bytes || body.payload_size != 0) {
                         return Err(invalid(name, "the compressed content ends early"));
                     }
@@ -337,6 +348,7 @@ fn feed_content(
             inflated: 0,
             ended: false,
             saw_deflate_bytes: false,
+            symlink: header.is_symlink(),
         });
         c.head = Vec::new();
     }
@@ -454,6 +466,36 @@ mod tests {
         drop(obj);
         assert_eq!(staging_entries(&tx), Vec::<String>::new());
         assert!(!tx.has_object(&name));
+    }
+
+    #[test]
+    fn only_a_symlink_may_end_after_its_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        // The object of every empty file, as ostree names it.
+        let (empty, whole) = filez(b"");
+        let header_len = 8 + u32::from_be_bytes(whole[..4].try_into().expect("4")) as usize;
+        assert!(whole.len() > header_len, "an empty deflate stream follows");
+        match receive(&tx, empty, &whole[..header_len]) {
+            Err(Error::Rejected(Rejected::Invalid { reason, .. })) => {
+                assert!(reason.contains("only a symlink"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!tx.has_object(&empty));
+        receive(&tx, empty, &whole).expect("with its stream");
+        let link = FileHeader {
+            uid: 0,
+            gid: 0,
+            mode: 0o120_777,
+            symlink_target: "target".into(),
+            xattrs: Xattrs::default(),
+        };
+        let mut out = Vec::new();
+        let (sum, _) = write_filez(&link, 0, &b""[..], 6, &mut out).expect("in memory");
+        let link_name = ObjectName::new(sum, ObjectType::File);
+        receive(&tx, link_name, &out).expect("a symlink's header alone");
     }
 
     #[test]

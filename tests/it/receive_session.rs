@@ -33,6 +33,7 @@ fn policy(repo: &Path, state: &Path, allow: &[&str]) -> Policy {
         min_free_space: 0,
         allow_non_fast_forward: false,
         state_dir: state.to_path_buf(),
+        idle_timeout: std::time::Duration::from_secs(60),
     }
 }
 
@@ -811,4 +812,58 @@ async fn a_commit_bound_to_another_ref_is_refused_and_nothing_is_published() {
     assert!(matches!(c.recv().await, Message::Result { .. }));
     assert_eq!(read_ref(&s.server, "release/1"), bound.to_string());
     ok(ostree_in(&s.server).arg("fsck"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_silent_is_given_up_on_and_the_lock_released() {
+    let s = setup();
+    let commit = s.commit(&[("a", "1")], None);
+    let mut p = policy(&s.server, &s.dir.join("state"), &["**"]);
+    p.idle_timeout = std::time::Duration::from_secs(1);
+    let mut c = Client::start(p);
+    let missing = accept_and_negotiate(&mut c, &s, "main", None, commit).await;
+    assert!(!missing.is_empty());
+    // Accepted, and the shared lock taken; then nothing more arrives while
+    // the connection stays open.
+    let (code, msg) = tokio::time::timeout(std::time::Duration::from_secs(30), c.error())
+        .await
+        .expect("the server gave up within 30 s");
+    assert_eq!(code, ErrorCode::Protocol, "{msg}");
+    assert!(msg.contains("sent nothing for 1 s"), "{msg}");
+    assert!(c.server.await.expect("join").is_err());
+    // The lock is free for a deleter while the client still holds the
+    // connection, and the ref never moved.
+    ok(ostree_in(&s.server).args(["prune", "--refs-only"]));
+    assert!(!s.server.join("refs/heads/main").exists());
+    ok(ostree_in(&s.server).arg("fsck"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_refused_when_its_bytes_would_eat_into_the_free_space_reserve() {
+    let s = setup();
+    let commit = s.commit(&[("a", "1")], None);
+    let stat = nix::sys::statvfs::statvfs(&s.server).expect("statvfs");
+    let free = stat.blocks_available() * stat.fragment_size();
+    // The reserve alone is met, with 32 MiB to spare; the reserve plus the
+    // first 64 MiB that may arrive before the next check is not.
+    let mut p = policy(&s.server, &s.dir.join("state"), &["**"]);
+    p.min_free_space = free - 32 * 1024 * 1024;
+    let mut c = Client::start(p);
+    assert!(matches!(
+        c.hello(1, 1).await,
+        Message::Welcome { version: 1, .. }
+    ));
+    c.send(Message::Update {
+        updates: vec![RefChange {
+            name: r("main"),
+            old: None,
+            new: commit,
+        }],
+    })
+    .await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::NoSpace, "{msg}");
+    assert!(msg.contains("too few for the next"), "{msg}");
+    assert!(c.server.await.expect("join").is_err());
+    assert!(!s.server.join("refs/heads/main").exists());
 }

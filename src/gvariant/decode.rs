@@ -261,7 +261,7 @@ fn decode_array<'a>(
         return Ok(Vec::new());
     }
     if let Some(size) = elem.fixed_size() {
-        if data.len() % size != 0 {
+        if !data.len().is_multiple_of(size) {
             return Err(DecodeError::WrongSize {
                 ty: ty.to_string(),
                 expected: data.len().next_multiple_of(size),
@@ -279,7 +279,7 @@ fn decode_array<'a>(
         .checked_sub(width)
         .and_then(|at| read_offset(data, at, width))
         .ok_or_else(|| bad_offset(ty))?;
-    if last_end > len || (len - last_end) % width != 0 || last_end == len {
+    if last_end > len || !(len - last_end).is_multiple_of(width) || last_end == len {
         return Err(bad_offset(ty));
     }
     let count = (len - last_end) / width;

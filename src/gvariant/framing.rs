@@ -78,7 +78,7 @@ pub(crate) fn array_elements<'a>(
     let table = len
         .checked_sub(width)
         .and_then(|at| read_offset(data, at, width))
-        .filter(|&t| t < len && (len - t) % width == 0)
+        .filter(|&t| t < len && (len - t).is_multiple_of(width))
         .ok_or_else(|| bad_offset(ty))?;
     elements.width = width;
     elements.table = table;

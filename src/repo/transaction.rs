@@ -354,12 +354,12 @@ impl Transaction {
                 .map_err(io_err("chmod", &staging.path))?;
         }
         let mut objects = lock_objects(&self.objects);
-        if !staging.named {
-            if let Err(e) = fs::rename(&staging.path, self.staged_path(name)) {
-                // Dropping the staging file takes the lock.
-                drop(objects);
-                return Err(io_err("stage", &staging.path)(e));
-            }
+        if !staging.named
+            && let Err(e) = fs::rename(&staging.path, self.staged_path(name))
+        {
+            // Dropping the staging file takes the lock.
+            drop(objects);
+            return Err(io_err("stage", &staging.path)(e));
         }
         staging.kept = true;
         objects.insert(*name, Standing::Staged);

@@ -168,6 +168,7 @@ impl From<repo::Error> for Failure {
     fn from(e: repo::Error) -> Self {
         let code = match &e {
             repo::Error::RefMoved { .. } => ErrorCode::Conflict,
+            repo::Error::RefPathConflict { .. } => ErrorCode::Forbidden,
             repo::Error::Rejected(repo::Rejected::TooLarge { .. }) => ErrorCode::TooLarge,
             repo::Error::Rejected(_) => ErrorCode::BadObject,
             repo::Error::Incomplete { .. } => ErrorCode::Incomplete,
@@ -480,6 +481,12 @@ where
         policy
             .authorize(&u.name)
             .map_err(|m| Failure::new(ErrorCode::Forbidden, m))?;
+        let others: Vec<&RefName> = updates
+            .iter()
+            .filter(|o| o.name != u.name)
+            .map(|o| &o.name)
+            .collect();
+        repo.check_ref_path(&u.name, &others)?;
         let current = repo.read_ref(&u.name)?;
         if current != u.old {
             return Err(Failure::new(

@@ -130,6 +130,15 @@ pub enum Error {
         /// What the ref holds.
         found: String,
     },
+    /// A ref that cannot be written because its path collides with another
+    /// ref's: a ref cannot also be a directory of refs.
+    #[error("ref {name} cannot be written: {reason}")]
+    RefPathConflict {
+        /// The ref.
+        name: RefName,
+        /// Which ref it collides with, and how.
+        reason: String,
+    },
     /// A pushed object failed verification.
     #[error(transparent)]
     Rejected(#[from] Rejected),
@@ -414,6 +423,55 @@ impl Repo {
             }
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Ok(None),
             Err(e) => Err(io_err("read ref", &path)(e)),
+        }
+    }
+
+    /// Fails if `name` cannot be created beside the refs there are and the
+    /// `others` being written with it: `a/b` cannot exist with `a` (a ref is
+    /// a file, and would have to be a directory too), nor `a` with `a/b`.
+    /// Checked before anything is written, so that a multi-ref update does
+    /// not fail half-way.
+    pub fn check_ref_path(&self, name: &RefName, others: &[&RefName]) -> Result<(), Error> {
+        let conflict = |reason: String| Error::RefPathConflict {
+            name: name.clone(),
+            reason,
+        };
+        let is_under = |inner: &str, outer: &str| {
+            inner.len() > outer.len()
+                && inner.starts_with(outer)
+                && inner.as_bytes()[outer.len()] == b'/'
+        };
+        for other in others {
+            let (n, o) = (name.as_str(), other.as_str());
+            if is_under(n, o) || is_under(o, n) {
+                return Err(conflict(format!("ref {other} is written with it")));
+            }
+        }
+        let heads = self.path.join("refs/heads");
+        let mut prefix = String::new();
+        for part in name.as_str().split('/') {
+            if !prefix.is_empty() {
+                let path = heads.join(&prefix);
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if !m.is_dir() => {
+                        return Err(conflict(format!("ref {prefix} exists")));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(io_err("look at", &path)(e)),
+                }
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+        }
+        let path = heads.join(name.as_str());
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => Err(conflict(format!(
+                "refs exist under {name}/ (refs/heads/{name} is a directory)"
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("look at", &path)(e)),
         }
     }
 

@@ -717,6 +717,14 @@ impl Transaction {
             Wait::For(repo.lock_timeout),
         )?;
         for u in updates {
+            if u.new.is_some() {
+                let others: Vec<&RefName> = updates
+                    .iter()
+                    .filter(|o| o.name != u.name && o.new.is_some())
+                    .map(|o| &o.name)
+                    .collect();
+                repo.check_ref_path(&u.name, &others)?;
+            }
             let current = repo.read_ref(&u.name)?;
             let ok = match u.expected {
                 Expected::Any => true,

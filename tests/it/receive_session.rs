@@ -867,3 +867,59 @@ async fn a_push_is_refused_when_its_bytes_would_eat_into_the_free_space_reserve(
     assert!(c.server.await.expect("join").is_err());
     assert!(!s.server.join("refs/heads/main").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_whose_paths_collide_are_refused_before_any_is_written() {
+    let s = setup();
+    let commit = s.commit(&[("a", "1")], None);
+    s.set_server_ref("proj/y", &commit);
+    s.set_server_ref("proj/dir/leaf", &commit);
+    for (names, culprit, why) in [
+        // proj/y is a ref, so proj/y/z would need it to be a directory.
+        (
+            vec!["proj/new", "proj/y/z"],
+            "proj/y/z",
+            "ref proj/y exists",
+        ),
+        // proj/dir holds refs, so it cannot be one.
+        (vec!["proj/new", "proj/dir"], "proj/dir", "is a directory"),
+        // Two refs of one update that collide with each other.
+        (
+            vec!["proj/a", "proj/a/b"],
+            "proj/a",
+            "proj/a/b is written with it",
+        ),
+    ] {
+        let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+        assert!(matches!(
+            c.hello(1, 1).await,
+            Message::Welcome { version: 1, .. }
+        ));
+        c.send(Message::Update {
+            updates: names
+                .iter()
+                .map(|n| RefChange {
+                    name: r(n),
+                    old: None,
+                    new: commit,
+                })
+                .collect(),
+        })
+        .await;
+        let (code, msg) = c.error().await;
+        assert_eq!(code, ErrorCode::Forbidden, "{names:?}: {msg}");
+        assert!(
+            msg.contains(&format!("ref {culprit} cannot be written")) && msg.contains(why),
+            "{names:?}: {msg}"
+        );
+        assert!(c.server.await.expect("join").is_err());
+        for n in ["proj/new", "proj/a"] {
+            assert!(!s.server.join("refs/heads").join(n).exists(), "{n} written");
+        }
+    }
+    // A deeper ref beside them is fine.
+    let depot_repo = Repo::open(&s.server).expect("open");
+    depot_repo
+        .check_ref_path(&r("proj/dir/other"), &[&r("proj/new")])
+        .expect("no collision");
+}

@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::checksum::Checksum;
-use crate::object::ObjectName;
+use crate::object::{ObjectName, ObjectType};
 use crate::protocol::message::{MAGIC, MAX_BATCH, MAX_VERSION, MIN_VERSION};
 use crate::protocol::{
     ErrorCode, FrameReader, FrameWriter, Incoming, Limits, Message, RefChange, RefState,
@@ -547,6 +547,20 @@ where
                 }
                 let mut missing: Vec<ObjectName> =
                     objects.into_iter().filter(|n| !tx.has_object(n)).collect();
+                // Detached metadata (signatures) only for the commits this
+                // push brings or moves a ref to: a key must not attach any to
+                // other keys' commits. Others are not asked for.
+                let batch_commits: HashSet<Checksum> = missing
+                    .iter()
+                    .filter(|n| n.kind == ObjectType::Commit)
+                    .map(|n| n.checksum)
+                    .collect();
+                missing.retain(|n| {
+                    n.kind != ObjectType::CommitMeta
+                        || updates.iter().any(|u| u.new == n.checksum)
+                        || batch_commits.contains(&n.checksum)
+                        || tx.in_this_push(&ObjectName::new(n.checksum, ObjectType::Commit))
+                });
                 // A name already asked for in this push is not missing again.
                 let recorded = tx.request_objects(&mut missing);
                 if recorded as u64 > policy.max_objects {

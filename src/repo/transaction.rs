@@ -401,6 +401,12 @@ impl Transaction {
         objects.len()
     }
 
+    /// Whether this transaction has asked for, is receiving or has staged
+    /// the object.
+    pub fn in_this_push(&self, name: &ObjectName) -> bool {
+        lock_objects(&self.objects).get(name).is_some()
+    }
+
     /// Whether an arriving object was asked for and has not arrived before;
     /// true only once per object.
     pub fn take_requested(&self, name: &ObjectName) -> bool {
@@ -689,8 +695,20 @@ impl Transaction {
         })?;
         for name in &staged[content..] {
             let target = self.repo.object_path(name);
-            fs::rename(self.staged_path(name), &target)
-                .map_err(io_err("publish object", &target))?;
+            let staged = self.staged_path(name);
+            if name.kind == ObjectType::CommitMeta {
+                // Named by its commit, not its bytes: one that appeared
+                // meanwhile (a signing job's) is kept, not replaced.
+                match fs::hard_link(&staged, &target) {
+                    Ok(()) => fs::remove_file(&staged).map_err(io_err("remove", &staged))?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        fs::remove_file(&staged).map_err(io_err("remove", &staged))?;
+                    }
+                    Err(e) => return Err(io_err("publish object", &target)(e)),
+                }
+                continue;
+            }
+            fs::rename(&staged, &target).map_err(io_err("publish object", &target))?;
         }
         tracing::debug!(
             "{} objects moved into objects/ after {:.2?}",

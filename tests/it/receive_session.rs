@@ -923,3 +923,50 @@ async fn refs_whose_paths_collide_are_refused_before_any_is_written() {
         .check_ref_path(&r("proj/dir/other"), &[&r("proj/new")])
         .expect("no collision");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_metadata_is_taken_only_for_the_pushed_commits() {
+    let s = setup();
+    let theirs = s.commit(&[("a", "release")], None);
+    s.set_server_ref("release/main", &theirs);
+    let mine = s.commit(&[("a", "mine")], None);
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["proj/**"]));
+    assert!(matches!(
+        c.hello(1, 1).await,
+        Message::Welcome { version: 1, .. }
+    ));
+    let change = RefChange {
+        name: r("proj/a"),
+        old: None,
+        new: mine,
+    };
+    c.send(Message::Update {
+        updates: vec![change.clone()],
+    })
+    .await;
+    assert_eq!(
+        c.recv().await,
+        Message::Accepted {
+            updates: vec![change]
+        }
+    );
+    let their_meta = ObjectName::new(theirs, ObjectType::CommitMeta);
+    let my_meta = ObjectName::new(mine, ObjectType::CommitMeta);
+    c.send(Message::Want {
+        objects: vec![their_meta, my_meta],
+    })
+    .await;
+    let Message::Missing { objects: missing } = c.recv().await else {
+        panic!("missing")
+    };
+    assert_eq!(missing, [my_meta], "only the pushed commit's is asked for");
+    // Sent anyway, the other commit's is refused, and nothing lands.
+    c.send_object(&their_meta, b"not asked for").await;
+    c.w.flush().await.expect("flush");
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Protocol, "{msg}");
+    assert!(msg.contains("was not asked for"), "{msg}");
+    assert!(c.server.await.expect("join").is_err());
+    assert!(!Repo::open(&s.server).expect("open").has_object(&their_meta));
+    assert!(!s.server.join("refs/heads/proj/a").exists());
+}

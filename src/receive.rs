@@ -779,6 +779,20 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
         }
         tracing::debug!("ref {} -> {} ({})", u.name, u.new, commit.subject);
     }
+    // The history sent with them is complete too, and nothing else is
+    // published: a dirtree in the repository vouches for its whole subtree
+    // in later closure checks, so one outside every checked tree must not
+    // land (it could list files that were never sent).
+    for c in tx.staged_commits() {
+        if !updates.iter().any(|u| u.new == c) {
+            tx.check_closure(&c)?;
+        }
+    }
+    if let Some(orphan) = tx.unreached_dirtree() {
+        return Err(Failure::protocol(format!(
+            "{orphan} is in the tree of no commit of this push; nothing was published"
+        )));
+    }
     let ref_updates: Vec<RefUpdate> = updates
         .iter()
         .map(|u| RefUpdate {

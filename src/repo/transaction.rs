@@ -401,6 +401,27 @@ impl Transaction {
         objects.len()
     }
 
+    /// The commits staged here.
+    pub fn staged_commits(&self) -> Vec<Checksum> {
+        lock_objects(&self.objects)
+            .iter()
+            .filter(|(name, standing)| name.kind == ObjectType::Commit && standing.is_staged())
+            .map(|(name, _)| name.checksum)
+            .collect()
+    }
+
+    /// A staged dirtree that no passing closure check has reached: once the
+    /// closures of every staged commit are checked, one that is in no
+    /// commit's tree. Published, it would vouch for a subtree nobody checked.
+    pub fn unreached_dirtree(&self) -> Option<ObjectName> {
+        lock_objects(&self.objects)
+            .iter()
+            .find(|(name, standing)| {
+                name.kind == ObjectType::DirTree && **standing == Standing::Staged
+            })
+            .map(|(name, _)| *name)
+    }
+
     /// Whether this transaction has asked for, is receiving or has staged
     /// the object.
     pub fn in_this_push(&self, name: &ObjectName) -> bool {

@@ -970,3 +970,47 @@ async fn detached_metadata_is_taken_only_for_the_pushed_commits() {
     assert!(!Repo::open(&s.server).expect("open").has_object(&their_meta));
     assert!(!s.server.join("refs/heads/proj/a").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dirtree_outside_every_pushed_commit_is_refused_and_nothing_lands() {
+    let s = setup();
+    let mine = s.commit(&[("a", "mine")], None);
+    let other = s.commit(&[("b", "never sent")], None);
+    let orphan = ObjectName::new(
+        s.scratch.load_commit(&other).expect("load").root_tree,
+        ObjectType::DirTree,
+    );
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let mut missing = accept_and_negotiate(&mut c, &s, "main", None, mine).await;
+    // The other commit's root dirtree, slipped in without its file: had it
+    // landed, a later push of that commit would have passed its closure
+    // check on the strength of it.
+    c.send(Message::Want {
+        objects: vec![orphan],
+    })
+    .await;
+    assert_eq!(
+        c.recv().await,
+        Message::Missing {
+            objects: vec![orphan]
+        }
+    );
+    let bytes = s
+        .scratch
+        .read_metadata(&orphan)
+        .expect("the dirtree's bytes");
+    missing.push((orphan, bytes));
+    send_all(&mut c, &missing).await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Protocol, "{msg}");
+    assert!(
+        msg.contains(&orphan.to_string()) && msg.contains("no commit of this push"),
+        "{msg}"
+    );
+    assert!(c.server.await.expect("join").is_err());
+    let server = Repo::open(&s.server).expect("open");
+    assert!(!server.has_object(&orphan));
+    assert!(!server.has_object(&ObjectName::new(mine, ObjectType::Commit)));
+    assert!(!s.server.join("refs/heads/main").exists());
+    ok(ostree_in(&s.server).arg("fsck"));
+}

@@ -45,6 +45,17 @@ pub enum Error {
     /// A message frame that is not a valid message.
     #[error("invalid message")]
     Message(#[from] serde_json::Error),
+    /// A message this side was about to send is longer than a frame may be.
+    #[error(
+        "a {kind} message of {len} bytes would pass the {MAX_PAYLOAD}-byte frame limit; \
+         ask about fewer refs or objects at a time"
+    )]
+    TooLong {
+        /// The message's type.
+        kind: String,
+        /// Its length.
+        len: usize,
+    },
 }
 
 impl Error {
@@ -139,9 +150,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         r
     }
 
-    /// Sends a control message.
+    /// Sends a control message. One too long for a frame is not sent
+    /// ([`Error::TooLong`]): the peer would refuse the frame.
     pub async fn send(&mut self, message: &Message) -> Result<(), Error> {
-        frame::encode_message(&message.to_json(), &mut self.scratch);
+        let json = message.to_json();
+        if json.len() > MAX_PAYLOAD {
+            return Err(Error::TooLong {
+                kind: message.kind().to_string(),
+                len: json.len(),
+            });
+        }
+        frame::encode_message(&json, &mut self.scratch);
         self.put().await
     }
 
@@ -213,6 +232,32 @@ mod tests {
         }
         assert_eq!(got, expected);
         writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn a_message_longer_than_a_frame_is_not_sent() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut w = FrameWriter::new(a);
+        let long = Message::QueryRefs {
+            refs: (0..4096)
+                .map(|i| format!("x{i:04}/{}", "a".repeat(250)).parse().expect("ref"))
+                .collect(),
+        };
+        match w.send(&long).await {
+            Err(Error::TooLong { kind, len }) => {
+                assert_eq!(kind, "query_refs");
+                assert!(len > MAX_PAYLOAD, "{len}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing of it went out: the next message is the first frame.
+        w.send(&Message::Done {}).await.expect("send");
+        w.shutdown().await.expect("shutdown");
+        let mut r = FrameReader::new(b);
+        assert_eq!(
+            r.read().await.expect("read"),
+            Some(Incoming::Message(Message::Done {}))
+        );
     }
 
     #[tokio::test]

@@ -74,6 +74,28 @@ impl Client {
         self.recv().await
     }
 
+    /// Says hello (version 1), then asks for the ref changes `(name, old,
+    /// new)`; returns the changes as sent.
+    async fn update(&mut self, changes: &[(&str, Option<Checksum>, Checksum)]) -> Vec<RefChange> {
+        assert!(matches!(
+            self.hello(1, 1).await,
+            Message::Welcome { version: 1, .. }
+        ));
+        let updates: Vec<RefChange> = changes
+            .iter()
+            .map(|&(name, old, new)| RefChange {
+                name: r(name),
+                old,
+                new,
+            })
+            .collect();
+        self.send(Message::Update {
+            updates: updates.clone(),
+        })
+        .await;
+        updates
+    }
+
     async fn send_object(&mut self, name: &ObjectName, data: &[u8]) {
         self.w.send_object(name, data).await.expect("send object");
     }
@@ -197,28 +219,8 @@ async fn accept_and_negotiate(
     old: Option<Checksum>,
     commit: Checksum,
 ) -> Vec<(ObjectName, Vec<u8>)> {
-    assert!(matches!(
-        c.hello(1, 1).await,
-        Message::Welcome { version: 1, .. }
-    ));
-    c.send(Message::Update {
-        updates: vec![RefChange {
-            name: r(name),
-            old,
-            new: commit,
-        }],
-    })
-    .await;
-    assert_eq!(
-        c.recv().await,
-        Message::Accepted {
-            updates: vec![RefChange {
-                name: r(name),
-                old,
-                new: commit
-            }]
-        }
-    );
+    let updates = c.update(&[(name, old, commit)]).await;
+    assert_eq!(c.recv().await, Message::Accepted { updates });
     let objects = s.objects(&commit);
     c.send(Message::Want {
         objects: objects.iter().map(|(n, _)| *n).collect(),
@@ -849,18 +851,7 @@ async fn a_push_is_refused_when_its_bytes_would_eat_into_the_free_space_reserve(
     let mut p = policy(&s.server, &s.dir.join("state"), &["**"]);
     p.min_free_space = free - 32 * 1024 * 1024;
     let mut c = Client::start(p);
-    assert!(matches!(
-        c.hello(1, 1).await,
-        Message::Welcome { version: 1, .. }
-    ));
-    c.send(Message::Update {
-        updates: vec![RefChange {
-            name: r("main"),
-            old: None,
-            new: commit,
-        }],
-    })
-    .await;
+    c.update(&[("main", None, commit)]).await;
     let (code, msg) = c.error().await;
     assert_eq!(code, ErrorCode::NoSpace, "{msg}");
     assert!(msg.contains("too few for the next"), "{msg}");
@@ -891,21 +882,8 @@ async fn refs_whose_paths_collide_are_refused_before_any_is_written() {
         ),
     ] {
         let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
-        assert!(matches!(
-            c.hello(1, 1).await,
-            Message::Welcome { version: 1, .. }
-        ));
-        c.send(Message::Update {
-            updates: names
-                .iter()
-                .map(|n| RefChange {
-                    name: r(n),
-                    old: None,
-                    new: commit,
-                })
-                .collect(),
-        })
-        .await;
+        let changes: Vec<_> = names.iter().map(|&n| (n, None, commit)).collect();
+        c.update(&changes).await;
         let (code, msg) = c.error().await;
         assert_eq!(code, ErrorCode::Forbidden, "{names:?}: {msg}");
         assert!(
@@ -931,25 +909,8 @@ async fn detached_metadata_is_taken_only_for_the_pushed_commits() {
     s.set_server_ref("release/main", &theirs);
     let mine = s.commit(&[("a", "mine")], None);
     let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["proj/**"]));
-    assert!(matches!(
-        c.hello(1, 1).await,
-        Message::Welcome { version: 1, .. }
-    ));
-    let change = RefChange {
-        name: r("proj/a"),
-        old: None,
-        new: mine,
-    };
-    c.send(Message::Update {
-        updates: vec![change.clone()],
-    })
-    .await;
-    assert_eq!(
-        c.recv().await,
-        Message::Accepted {
-            updates: vec![change]
-        }
-    );
+    let updates = c.update(&[("proj/a", None, mine)]).await;
+    assert_eq!(c.recv().await, Message::Accepted { updates });
     let their_meta = ObjectName::new(theirs, ObjectType::CommitMeta);
     let my_meta = ObjectName::new(mine, ObjectType::CommitMeta);
     c.send(Message::Want {

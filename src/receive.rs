@@ -531,6 +531,7 @@ where
     let mut batch = Batch::default();
     let mut remaining: u64 = 0;
     let mut next_space_check = SPACE_CHECK_EVERY;
+    let new_commits: HashSet<Checksum> = updates.iter().map(|u| u.new).collect();
     // Writing back while objects still arrive leaves the final sync, with
     // the push waiting on it, little to do.
     let mut writeback: Option<tokio::task::JoinHandle<Result<(), repo::Error>>> = None;
@@ -557,7 +558,7 @@ where
                     .collect();
                 missing.retain(|n| {
                     n.kind != ObjectType::CommitMeta
-                        || updates.iter().any(|u| u.new == n.checksum)
+                        || new_commits.contains(&n.checksum)
                         || batch_commits.contains(&n.checksum)
                         || tx.in_this_push(&ObjectName::new(n.checksum, ObjectType::Commit))
                 });
@@ -783,8 +784,9 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
     // published: a dirtree in the repository vouches for its whole subtree
     // in later closure checks, so one outside every checked tree must not
     // land (it could list files that were never sent).
+    let new_commits: HashSet<Checksum> = updates.iter().map(|u| u.new).collect();
     for c in tx.staged_commits() {
-        if !updates.iter().any(|u| u.new == c) {
+        if !new_commits.contains(&c) {
             tx.check_closure(&c)?;
         }
     }

@@ -52,7 +52,7 @@ pub enum Error {
     )]
     TooLong {
         /// The message's type.
-        kind: String,
+        kind: &'static str,
         /// Its length.
         len: usize,
     },
@@ -156,7 +156,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let json = message.to_json();
         if json.len() > MAX_PAYLOAD {
             return Err(Error::TooLong {
-                kind: message.kind().to_string(),
+                kind: message.kind(),
                 len: json.len(),
             });
         }

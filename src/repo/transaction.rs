@@ -655,6 +655,25 @@ impl Transaction {
         Ok(())
     }
 
+    /// Moves a staged object into `objects/` as a hard link and an unlink,
+    /// keeping an object published there meanwhile by another writer (for
+    /// content, the same bytes).
+    fn link_into_place(&self, name: &ObjectName) -> Result<(), Error> {
+        let staged = self.staged_path(name);
+        let target = self.repo.object_path(name);
+        match fs::hard_link(&staged, &target) {
+            Ok(()) => fs::remove_file(&staged).map_err(io_err("remove", &staged)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&staged).map_err(io_err("remove", &staged))
+            }
+            // A file system without hard links (some FUSE or SMB mounts).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+                fs::rename(&staged, &target).map_err(io_err("publish object", &target))
+            }
+            Err(e) => Err(io_err("publish object", &target)(e)),
+        }
+    }
+
     /// Makes what is staged so far durable, so that [`commit`](Transaction::commit)
     /// has less to wait for; a receiver calls it now and then while objects
     /// still arrive.
@@ -698,38 +717,19 @@ impl Transaction {
         // renames from one directory into another serialise on a
         // file-system-wide lock (s_vfs_rename_mutex). The rest in order.
         let content = staged.partition_point(|n| n.kind == ObjectType::File);
-        staged[..content].par_iter().try_for_each(|name| {
-            let staged = self.staged_path(name);
-            let target = self.repo.object_path(name);
-            match fs::hard_link(&staged, &target) {
-                Ok(()) => fs::remove_file(&staged).map_err(io_err("remove", &staged)),
-                // Published meanwhile by another writer: the same content.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    fs::remove_file(&staged).map_err(io_err("remove", &staged))
-                }
-                // A file system without hard links (some FUSE or SMB mounts).
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
-                    fs::rename(&staged, &target).map_err(io_err("publish object", &target))
-                }
-                Err(e) => Err(io_err("publish object", &target)(e)),
-            }
-        })?;
+        staged[..content]
+            .par_iter()
+            .try_for_each(|name| self.link_into_place(name))?;
         for name in &staged[content..] {
-            let target = self.repo.object_path(name);
-            let staged = self.staged_path(name);
             if name.kind == ObjectType::CommitMeta {
                 // Named by its commit, not its bytes: one that appeared
                 // meanwhile (a signing job's) is kept, not replaced.
-                match fs::hard_link(&staged, &target) {
-                    Ok(()) => fs::remove_file(&staged).map_err(io_err("remove", &staged))?,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        fs::remove_file(&staged).map_err(io_err("remove", &staged))?;
-                    }
-                    Err(e) => return Err(io_err("publish object", &target)(e)),
-                }
+                self.link_into_place(name)?;
                 continue;
             }
-            fs::rename(&staged, &target).map_err(io_err("publish object", &target))?;
+            let target = self.repo.object_path(name);
+            fs::rename(self.staged_path(name), &target)
+                .map_err(io_err("publish object", &target))?;
         }
         tracing::debug!(
             "{} objects moved into objects/ after {:.2?}",

@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::sshd::{Account, Sshd};
+use crate::syslog::Rsyslogd;
 use crate::util::*;
 
 /// The source tree, where `contrib/` and `systemd/` are.
@@ -46,12 +47,15 @@ struct Layout {
     keys: PathBuf,
     /// `/usr/local/bin`: where cargo put the binaries under test.
     bin: PathBuf,
+    /// `/dev/log`, where the shipped lines' `--log-to syslog` sends the log:
+    /// the socket of the test's own rsyslogd.
+    syslog: PathBuf,
 }
 
 impl Layout {
     /// Rewrites the deployment paths of a shipped file to this layout.
     fn rewrite(&self, text: &str) -> String {
-        for p in [&self.repo, &self.state, &self.keys, &self.bin] {
+        for p in [&self.repo, &self.state, &self.keys, &self.bin, &self.syslog] {
             let s = p.to_string_lossy();
             assert!(
                 !s.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c)),
@@ -62,6 +66,11 @@ impl Layout {
             .replace("/srv/depot/repo", &self.repo.to_string_lossy())
             .replace("/var/lib/depot", &self.state.to_string_lossy())
             .replace("/etc/depot/authorized_keys", &self.keys.to_string_lossy())
+            // The default socket, /dev/log, made explicit.
+            .replace(
+                "--log-to syslog",
+                &format!("--log-to syslog --syslog-socket {}", self.syslog.display()),
+            )
     }
 }
 
@@ -397,6 +406,7 @@ struct Deployment {
     // Fields drop in order: the servers stop before their directory goes.
     nginx: Option<Nginx>,
     sshd: Sshd,
+    syslog: Rsyslogd,
     /// The example's keys, by `--key-id`.
     keys: BTreeMap<String, (Account, KeyLine)>,
     layout: Layout,
@@ -410,6 +420,7 @@ struct Deployment {
 fn deploy() -> Deployment {
     let tmp = tempdir();
     let root = tmp.path();
+    let syslog = Rsyslogd::start(&root.join("rsyslog"));
     let layout = Layout {
         repo: root.join("srv/depot/repo"),
         state: root.join("var/lib/depot"),
@@ -418,6 +429,7 @@ fn deploy() -> Deployment {
             .parent()
             .expect("bin dir")
             .to_path_buf(),
+        syslog: syslog.socket().to_path_buf(),
     };
     // docs/deploy.md: the repository belongs to the push account and the web
     // server's group (setgid, so everything created in it is, too), 2750;
@@ -467,6 +479,7 @@ fn deploy() -> Deployment {
     Deployment {
         nginx: None,
         sshd,
+        syslog,
         keys,
         layout,
         tmp,
@@ -715,6 +728,9 @@ fn deployed_with_the_shipped_files_push_summary_ostree_pull_and_nothing_private_
     let audit = d.audit(1);
     assert_eq!(audit[0]["key_id"], "ci-proj-a", "{}", audit[0]);
     assert_eq!(audit[0]["outcome"], "ok", "{}", audit[0]);
+    // The shipped line logs to syslog, not to the pushing client.
+    let line = d.syslog.wait_for("push ok key=ci-proj-a");
+    assert!(line.starts_with("daemon.info "), "{line}");
 
     // Each example key writes where its line allows, is audited under its
     // own name, and nowhere else.
@@ -757,6 +773,12 @@ fn deployed_with_the_shipped_files_push_summary_ostree_pull_and_nothing_private_
         ),
         "{}",
         audit[n]
+    );
+    d.syslog.wait_for("push forbidden key=ci-proj-a");
+    assert!(
+        !refused.stderr.contains("syslog"),
+        "depot-receive reached the syslog socket: {}",
+        refused.stderr
     );
     refs.sort();
     let mut on_server: Vec<String> = ok(ostree_in(&repo).arg("refs"))
@@ -1047,6 +1069,7 @@ fn the_shipped_force_command_gives_every_key_one_policy_and_overrides_key_comman
     // says: that is why docs/deploy.md comments it out for per-key policies.
     let tmp = tempdir();
     let root = tmp.path();
+    let syslog = Rsyslogd::start(&root.join("rsyslog"));
     let layout = Layout {
         repo: root.join("repo"),
         state: root.join("state"),
@@ -1055,6 +1078,7 @@ fn the_shipped_force_command_gives_every_key_one_policy_and_overrides_key_comman
             .parent()
             .expect("bin dir")
             .to_path_buf(),
+        syslog: syslog.socket().to_path_buf(),
     };
     ok(depot().arg("init").arg(&layout.repo));
     let user = ok(Command::new("id").arg("-un")).trim().to_string();
@@ -1111,6 +1135,18 @@ fn the_shipped_force_command_gives_every_key_one_policy_and_overrides_key_comman
         let r: serde_json::Value = serde_json::from_str(l).expect("json");
         assert_eq!(r["key_id"], "artifacts", "ForceCommand's --key-id: {r}");
     }
+    wait_until(
+        "two push lines in syslog, with ForceCommand's --key-id",
+        Duration::from_secs(20),
+        || {
+            syslog
+                .depot_lines()
+                .iter()
+                .filter(|l| l.contains("push ok key=artifacts"))
+                .count()
+                == 2
+        },
+    );
 }
 
 #[test]
@@ -1214,6 +1250,8 @@ fn the_shipped_systemd_units_verify_and_allow_what_depot_summary_does() {
             .parent()
             .expect("bin dir")
             .to_path_buf(),
+        // The units log to the journal, not through --log-to.
+        syslog: tmp.path().join("unused-log.sock"),
     };
     fs::create_dir_all(&layout.state).expect("mkdir");
     fs::create_dir_all(layout.repo.parent().expect("parent")).expect("mkdir");

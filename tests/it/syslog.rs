@@ -18,7 +18,7 @@ const INSTALL_HINT: &str =
     "scripts/test.sh installs it (apt-get install rsyslog); the syslog tests run a real rsyslogd";
 
 /// A running rsyslogd, killed on drop.
-struct Rsyslogd {
+pub(crate) struct Rsyslogd {
     child: Child,
     socket: PathBuf,
     messages: PathBuf,
@@ -29,7 +29,7 @@ impl Rsyslogd {
     /// Starts rsyslogd in the foreground with its config, pid file, socket
     /// and output in `dir` (created). Each message is written as
     /// `FACILITY.SEVERITY TAG MSG|raw=DATAGRAM`.
-    fn start(dir: &Path) -> Rsyslogd {
+    pub(crate) fn start(dir: &Path) -> Rsyslogd {
         assert!(
             Path::new(RSYSLOGD).exists(),
             "{RSYSLOGD} is missing. {INSTALL_HINT}"
@@ -94,8 +94,13 @@ impl Rsyslogd {
         rsyslogd
     }
 
+    /// The socket it listens on (what `/dev/log` is on a server).
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// The lines rsyslogd wrote so far that came from depot-receive.
-    fn depot_lines(&self) -> Vec<String> {
+    pub(crate) fn depot_lines(&self) -> Vec<String> {
         fs::read_to_string(&self.messages)
             .unwrap_or_default()
             .lines()
@@ -105,7 +110,7 @@ impl Rsyslogd {
     }
 
     /// Waits for a depot-receive line containing `needle`, and returns it.
-    fn wait_for(&self, needle: &str) -> String {
+    pub(crate) fn wait_for(&self, needle: &str) -> String {
         let mut found = None;
         wait_until(
             &format!("rsyslogd to write a depot-receive line with {needle:?}"),

@@ -8,7 +8,8 @@
 # time (/usr/bin/time measures depot-receive's peak memory), nginx (the
 # deployment test serves a repository with contrib/nginx-depot.conf) and
 # rsyslog (the syslog test runs its own rsyslogd on a socket in a temporary
-# directory, never /dev/log).
+# directory, never /dev/log), logrotate (the deployment test rotates the
+# audit log with contrib/depot-audit.logrotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -x /usr/sbin/logrotate ] || need+=(logrotate)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   sudo=""

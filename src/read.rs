@@ -651,6 +651,25 @@ pub struct FsckReport {
 /// Verifies every object (checksum, normal form, structure, sorting, content
 /// size) and the closure of every complete commit and every ref.
 pub fn fsck(repo: &Repo) -> Result<FsckReport, Error> {
+    // Held shared, as pushes hold it: a prune cannot delete objects while
+    // they are checked. Whoever may not write the lock file (a monitoring
+    // account with read access) checks without it.
+    let _lock = match repo.lock(repo::LockMode::Shared) {
+        Ok(guard) => Some(guard),
+        Err(repo::Error::Lock(repo::lock::Error::Io { source, .. }))
+            if matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Refs before objects: a ref moves only once its commit's closure is
+    // published, so a push landing during the check cannot make a ref name
+    // a commit the listing below missed.
+    let refs = repo.list_refs()?;
     let objects_dir = repo.path().join("objects");
     let mut names = Vec::new();
     let mut problems = Vec::new();
@@ -727,7 +746,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport, Error> {
                 .exists()
         })
         .collect();
-    for (name, target) in repo.list_refs()? {
+    for (name, target) in refs {
         report.refs += 1;
         if !name_set.contains(&ObjectName::new(target, ObjectType::Commit)) {
             problems.push(Problem {

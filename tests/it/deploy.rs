@@ -29,6 +29,7 @@ use crate::util::*;
 
 /// The source tree, where `contrib/` and `systemd/` are.
 const SOURCE: &str = env!("CARGO_MANIFEST_DIR");
+const LOGROTATE: &str = "/usr/sbin/logrotate";
 const NGINX_HINT: &str = "the deployment test runs a real nginx with contrib/nginx-depot.conf; scripts/test.sh installs it (apt-get install nginx)";
 
 /// A file of the source tree, as shipped.
@@ -636,6 +637,34 @@ impl Deployment {
         );
     }
 
+    /// Rotates the audit log now, with the shipped logrotate file (its
+    /// account is the test's user).
+    fn rotate_audit_log(&self) {
+        let user = self.sshd.user();
+        let group = ok(Command::new("id").arg("-gn")).trim().to_string();
+        let conf = self.path("logrotate.conf");
+        let text = self
+            .layout
+            .rewrite(&shipped("contrib/depot-audit.logrotate"))
+            .replace("artifacts artifacts", &format!("{user} {group}"));
+        fs::write(&conf, text).expect("write logrotate.conf");
+        fs::set_permissions(&conf, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(
+            Path::new(LOGROTATE).exists(),
+            "{LOGROTATE} is missing: scripts/test.sh installs it (apt-get install logrotate)"
+        );
+        let out = run(Command::new(LOGROTATE)
+            .arg("--force")
+            .arg("--state")
+            .arg(self.path("logrotate.status"))
+            .arg(&conf));
+        assert!(
+            out.status.success(),
+            "logrotate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A fresh bare-user ostree repository whose remote `origin` is nginx.
     fn ostree_client(&self, name: &str) -> PathBuf {
         ostree_client(&self.path(name), "bare-user", &self.nginx().url())
@@ -814,6 +843,19 @@ fn deployed_with_the_shipped_files_push_summary_ostree_pull_and_nothing_private_
         first
     );
 
+    // The audit log rotates with the shipped logrotate file; the next push
+    // starts a new one.
+    let before = d.audit(0).len();
+    d.rotate_audit_log();
+    let rotated = layout_state.join("audit.jsonl.1");
+    assert_eq!(
+        fs::read_to_string(&rotated)
+            .unwrap_or_else(|e| panic!("read {}: {e}", rotated.display()))
+            .lines()
+            .count(),
+        before
+    );
+
     // Step 4: a second build. The push touches refs-changed again (the path
     // unit's trigger); the cron line's run publishes it.
     fs::remove_file(layout_state.join("refs-changed")).expect("rm stamp");
@@ -821,6 +863,16 @@ fn deployed_with_the_shipped_files_push_summary_ostree_pull_and_nothing_private_
     fs::write(tree.join("new-file"), "new\n").expect("write");
     let second = d.push("ci-proj-a", main_ref, &tree).commit();
     assert_ne!(second, first);
+    let audit = d.audit(1);
+    assert_eq!(
+        (audit.len(), audit[0]["refs"][0]["new"].as_str()),
+        (1, Some(second.as_str())),
+        "after rotation the log holds only the new push: {audit:?}"
+    );
+    let mode = fs::metadata(layout_state.join("audit.jsonl"))
+        .expect("stat audit log")
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the audit log stays private");
     assert!(layout_state.join("refs-changed").exists());
     d.summary_as_cron();
     let index: serde_json::Value =

@@ -230,3 +230,62 @@ fn a_commit_killed_at_any_step_leaves_a_valid_repository() {
             .arg(tmp.path().join(format!("co-{syscall}-{k}"))));
     }
 }
+
+#[test]
+fn depot_fsck_holds_off_prune_and_sees_no_problem_in_a_commit_landing_meanwhile() {
+    let tmp = tempdir();
+    let repo_path = small_repo(tmp.path());
+    // strace holds fsck for 5 s when it opens refs/heads to read the refs;
+    // a commit lands meanwhile. Had fsck listed the objects before reading
+    // the refs, the new ref would name a commit the listing lacked.
+    let heads = repo_path.join("refs/heads");
+    let trace = tmp.path().join("strace.out");
+    let fsck = Command::new("strace")
+        .arg("-o")
+        .arg(&trace)
+        .arg("-P")
+        .arg(&heads)
+        .args([
+            "-e",
+            "trace=openat",
+            "-e",
+            "inject=openat:delay_enter=5000000",
+        ])
+        .arg(env!("CARGO_BIN_EXE_depot"))
+        .args(["fsck", "--repo"])
+        .arg(&repo_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run strace (apt-get install strace)");
+    wait_until(
+        "depot fsck to open refs/heads",
+        Duration::from_secs(10),
+        || {
+            fs::read_to_string(&trace)
+                .unwrap_or_default()
+                .contains("refs/heads\", O_RDONLY")
+        },
+    );
+    // It holds the shared lock, as pushes do: no prune meanwhile.
+    wait_for_ofd_lock(&repo_path.join(".lock"), "READ");
+    let err = fails(ostree_in(&repo_path).args(["prune", "--refs-only"]));
+    assert!(err.contains("Locking repo exclusive failed"), "{err}");
+    let tree = tmp.path().join("tree2");
+    fs::create_dir_all(&tree).expect("mkdir");
+    fs::write(tree.join("new"), "new").expect("write");
+    ok(depot_in("commit", &repo_path)
+        .args(["--ref", "landed"])
+        .arg(&tree));
+    let out = fsck.wait_with_output().expect("wait for fsck");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "fsck found problems that are not there:\n{}{said}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        said.contains("2 refs: 0 problems"),
+        "fsck read the refs after the commit landed: {said}"
+    );
+}

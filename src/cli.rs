@@ -617,9 +617,10 @@ pub struct ReceiveCli {
     /// Let a ref move to a commit that does not descend from its current commit.
     #[arg(long)]
     pub allow_non_fast_forward: bool,
-    /// Give up on a client that sends nothing for this many seconds (it may
-    /// hold the repository's lock). A client sends its ref update only once
-    /// it has hashed its tree: raise this for trees that take longer.
+    /// Give up on a client that sends nothing for this many seconds (it
+    /// keeps a process and its staged objects). A client sends its ref
+    /// update only once it has hashed its tree: raise this for trees that
+    /// take longer.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub idle_timeout: u64,
     /// Private state (audit log, refs-changed stamp); never inside the

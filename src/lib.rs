@@ -45,6 +45,20 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary, saying how
+/// much was cut: for what a client or server sent that is written down
+/// (the audit log), where its length is theirs to choose.
+pub fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..end], text.len() - end).into()
+}
+
 /// `text` (a subject, a version, a ref binding: whatever a pusher or a
 /// server wrote) with control characters, line separators and bidi
 /// direction marks escaped, so that it cannot move the cursor, retitle the

@@ -17,7 +17,7 @@
 //! Any failure sends an `error` frame (code and message) before the process
 //! exits non-zero; the transaction is dropped, so nothing is published.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -109,7 +109,7 @@ pub struct Policy {
     /// Private state: the audit log and the refs-changed stamp.
     pub state_dir: PathBuf,
     /// The longest wait for the client's next frame: a client that goes
-    /// silent must not hold a receiver, and the repository's lock, forever.
+    /// silent must not hold a receiver, and its staged objects, forever.
     pub idle_timeout: std::time::Duration,
 }
 
@@ -169,7 +169,8 @@ impl From<repo::Error> for Failure {
         let code = match &e {
             repo::Error::RefMoved { .. } => ErrorCode::Conflict,
             repo::Error::RefPathConflict { .. } => ErrorCode::Forbidden,
-            repo::Error::Rejected(repo::Rejected::TooLarge { .. }) => ErrorCode::TooLarge,
+            repo::Error::Rejected(repo::Rejected::TooLarge { .. })
+            | repo::Error::UncheckableTree { .. } => ErrorCode::TooLarge,
             repo::Error::Rejected(_) => ErrorCode::BadObject,
             repo::Error::Incomplete { .. } => ErrorCode::Incomplete,
             repo::Error::Lock(_) => ErrorCode::Busy,
@@ -390,12 +391,12 @@ where
     else {
         return Err(Failure::protocol("expected a hello message first"));
     };
+    report.client = Some(crate::clipped(&software, MAX_SOFTWARE_LEN).into_owned());
     if magic != MAGIC {
         return Err(Failure::protocol(format!(
             "this is depot-receive; expected magic {MAGIC:?}, got {magic:?}"
         )));
     }
-    report.client = Some(software);
     let version = max_version.min(MAX_VERSION);
     if version < min_version.max(MIN_VERSION) {
         return Err(Failure::new(
@@ -502,7 +503,9 @@ where
     }
     // Room for the first window of objects (see the checks as they arrive).
     check_free_space(policy, SPACE_CHECK_EVERY)?;
-    let tx = Arc::new(repo.begin()?);
+    // The repository's lock only from the checks on: a slow client must not
+    // keep a prune waiting.
+    let tx = Arc::new(repo.begin_unlocked()?);
     writer
         .send(&Message::Accepted {
             updates: updates.clone(),
@@ -531,7 +534,6 @@ where
     let mut batch = Batch::default();
     let mut remaining: u64 = 0;
     let mut next_space_check = SPACE_CHECK_EVERY;
-    let new_commits: HashSet<Checksum> = updates.iter().map(|u| u.new).collect();
     // Writing back while objects still arrive leaves the final sync, with
     // the push waiting on it, little to do.
     let mut writeback: Option<tokio::task::JoinHandle<Result<(), repo::Error>>> = None;
@@ -549,8 +551,9 @@ where
                 let mut missing: Vec<ObjectName> =
                     objects.into_iter().filter(|n| !tx.has_object(n)).collect();
                 // Detached metadata (signatures) only for the commits this
-                // push brings or moves a ref to: a key must not attach any to
-                // other keys' commits. Others are not asked for.
+                // push brings: it belongs to the commit, whatever refs name
+                // it, so a key must not attach any to a commit already here.
+                // Others are not asked for.
                 let batch_commits: HashSet<Checksum> = missing
                     .iter()
                     .filter(|n| n.kind == ObjectType::Commit)
@@ -558,7 +561,6 @@ where
                     .collect();
                 missing.retain(|n| {
                     n.kind != ObjectType::CommitMeta
-                        || new_commits.contains(&n.checksum)
                         || batch_commits.contains(&n.checksum)
                         || tx.in_this_push(&ObjectName::new(n.checksum, ObjectType::Commit))
                 });
@@ -740,6 +742,10 @@ where
 }
 
 fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(), Failure> {
+    // From here on nothing the checks find in objects/ can be pruned away
+    // before it is published; what the negotiation found there earlier is
+    // looked at again below.
+    tx.hold_lock()?;
     for u in updates {
         let commit = tx.load_commit(&u.new).map_err(|e| match e {
             repo::Error::MissingObject { .. } => Failure::new(
@@ -795,6 +801,22 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
             "{orphan} is in the tree of no commit of this push; nothing was published"
         )));
     }
+    if let Some(orphan) = tx.commitmeta_without_commit() {
+        return Err(Failure::protocol(format!(
+            "{orphan} arrived without its commit: detached metadata is accepted only \
+             with the commit it belongs to; nothing was published"
+        )));
+    }
+    let shapes = Instant::now();
+    let mut measured = HashMap::new();
+    for c in tx.staged_commits() {
+        tx.check_tree_shape(&c, &mut measured)?;
+    }
+    tracing::info!(
+        "{} dirtrees measured in {:.2?}",
+        measured.len(),
+        shapes.elapsed()
+    );
     let ref_updates: Vec<RefUpdate> = updates
         .iter()
         .map(|u| RefUpdate {
@@ -808,6 +830,11 @@ fn apply(tx: Transaction, updates: &[RefChange], allow_non_ff: bool) -> Result<(
     tracing::info!("published and refs moved in {:.2?}", publish.elapsed());
     Ok(())
 }
+
+/// The longest client `software` string kept (for the audit log).
+const MAX_SOFTWARE_LEN: usize = 256;
+/// The longest error message written to the audit log.
+const MAX_AUDITED_ERROR_LEN: usize = 4096;
 
 /// How many declared bytes may arrive between two checks of the free space.
 const SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
@@ -855,6 +882,9 @@ fn now_secs() -> u64 {
 
 /// Appends one JSON line to `<state_dir>/audit.jsonl`.
 fn audit(policy: &Policy, report: &Report, outcome: &str, error: Option<&str>, started: Instant) {
+    // Messages may quote what the client sent.
+    let error = error.map(|e| crate::clipped(e, MAX_AUDITED_ERROR_LEN));
+    let error = error.as_deref();
     tracing::info!(target: crate::logging::AUDIT_TARGET, key = %policy.key_id, repo = %policy.repo.display(), refs = ?report.refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), objects = report.objects, bytes = report.bytes, ms = started.elapsed().as_millis() as u64, error, "push {outcome}");
     let record = serde_json::json!({
         "time": crate::timefmt::format(now_secs()),

@@ -20,7 +20,8 @@ const DIRTREE_TYPE: &str = "(a(say)a(sayay))";
 pub struct FileName(String);
 
 impl FileName {
-    /// Checks `name` against ostree's filename rules.
+    /// Checks `name` against ostree's filename rules, and that a Linux
+    /// file system could hold it (at most [`MAX_NAME_LEN`] bytes).
     pub fn new(name: &str) -> Result<Self, String> {
         if name.is_empty() {
             return Err("an empty file name".into());
@@ -30,6 +31,12 @@ impl FileName {
         }
         if name.contains('/') || name.contains('\0') {
             return Err(format!("the file name {name:?} contains '/' or NUL"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "a file name of {} bytes is longer than the {MAX_NAME_LEN} a checkout can create",
+                name.len()
+            ));
         }
         Ok(FileName(name.to_string()))
     }
@@ -207,6 +214,88 @@ impl DirTree {
     }
 }
 
+/// The longest file name Linux file systems take (`NAME_MAX`).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Deepest directory nesting depot checks out or accepts in a push, the
+/// root at depth 0 (the value of ostree's `OSTREE_MAX_RECURSION`). ostree's
+/// own tools recurse and crash some thousands of levels down.
+pub const MAX_TREE_DEPTH: usize = 256;
+
+/// The most files, symlinks and directories a tree may expand to. A dirtree
+/// can name the same subtree many times, so a few small objects can stand
+/// for an exponentially large tree. ostree has no such limit.
+pub const MAX_TREE_ENTRIES: u64 = 10_000_000;
+
+/// How large a tree is once checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeShape {
+    /// Files, symlinks and directories, counting the tree's own directory;
+    /// counting stops once past [`MAX_TREE_ENTRIES`].
+    pub entries: u64,
+    /// How many directories deep its deepest one is below it.
+    pub height: usize,
+}
+
+/// Why [`tree_shape`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeError<E> {
+    /// Directories nested deeper than [`MAX_TREE_DEPTH`] below the root.
+    #[error("directories nest deeper than {MAX_TREE_DEPTH} levels (below dirtree {tree})")]
+    TooDeep {
+        /// The dirtree found too deep.
+        tree: Checksum,
+    },
+    /// Loading a dirtree failed.
+    #[error(transparent)]
+    Load(E),
+}
+
+/// Measures the tree `root` as a checkout would expand it, loading each
+/// distinct dirtree once through `load`; `known` keeps what was measured,
+/// for the next tree that shares subtrees. Fails as soon as a directory is
+/// deeper than [`MAX_TREE_DEPTH`], so the recursion is bounded by it.
+pub fn tree_shape<E, S: std::hash::BuildHasher>(
+    root: &Checksum,
+    load: &mut impl FnMut(&Checksum) -> Result<DirTree, E>,
+    known: &mut std::collections::HashMap<Checksum, TreeShape, S>,
+) -> Result<TreeShape, ShapeError<E>> {
+    fn measure<E, S: std::hash::BuildHasher>(
+        tree: &Checksum,
+        depth: usize,
+        load: &mut impl FnMut(&Checksum) -> Result<DirTree, E>,
+        known: &mut std::collections::HashMap<Checksum, TreeShape, S>,
+    ) -> Result<TreeShape, ShapeError<E>> {
+        // A subtree met again is not loaded again, but may sit deeper.
+        if let Some(&shape) = known.get(tree) {
+            if depth + shape.height > MAX_TREE_DEPTH {
+                return Err(ShapeError::TooDeep { tree: *tree });
+            }
+            return Ok(shape);
+        }
+        if depth > MAX_TREE_DEPTH {
+            return Err(ShapeError::TooDeep { tree: *tree });
+        }
+        let t = load(tree).map_err(ShapeError::Load)?;
+        let mut shape = TreeShape {
+            entries: 1 + t.files().len() as u64,
+            height: 0,
+        };
+        for d in t.dirs() {
+            let below = measure(&d.tree, depth + 1, load, known)?;
+            shape.entries = shape.entries.saturating_add(below.entries);
+            shape.height = shape.height.max(below.height + 1);
+            if shape.entries > MAX_TREE_ENTRIES {
+                // Its height is then only a lower bound: it is refused anyway.
+                break;
+            }
+        }
+        known.insert(*tree, shape);
+        Ok(shape)
+    }
+    measure(root, 0, load, known)
+}
+
 /// Access
 impl DirTree {
     /// The files, sorted.
@@ -268,6 +357,7 @@ impl DirTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn c(b: u8) -> Checksum {
         Checksum::from_array([b; 32])
@@ -346,6 +436,75 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "/", "nul\0"] {
             assert!(FileName::new(bad).is_err(), "{bad:?}");
         }
+        // NAME_MAX counts bytes: 127 two-byte characters fit, 128 do not.
+        assert!(FileName::new(&"n".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(FileName::new(&"n".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(FileName::new(&"ü".repeat(127)).is_ok());
+        assert!(FileName::new(&"ü".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn a_tree_is_measured_once_per_distinct_dirtree_and_refused_when_too_deep() {
+        let meta = c(0xee);
+        let mut trees: HashMap<Checksum, DirTree> = HashMap::new();
+        let leaf = DirTree::new(vec![(n("f"), c(1)), (n("g"), c(2))], Vec::new()).expect("leaf");
+        trees.insert(c(0), leaf);
+        // Tree k names tree k-1 twice: 2^k leaves below tree k.
+        for k in 1..=30u8 {
+            let sub = |name: &str| SubdirEntry {
+                name: n(name),
+                tree: c(k - 1),
+                meta,
+            };
+            let t = DirTree::new(Vec::new(), vec![sub("a"), sub("b")]).expect("tree");
+            trees.insert(c(k), t);
+        }
+        let mut loads = 0;
+        let mut load = |t: &Checksum| {
+            loads += 1;
+            trees.get(t).cloned().ok_or(())
+        };
+        let mut known = HashMap::new();
+        let shape = tree_shape(&c(3), &mut load, &mut known).expect("small");
+        // 8 leaves of 3 entries, 4 + 2 + 1 directories above them.
+        assert_eq!(
+            shape,
+            TreeShape {
+                entries: 31,
+                height: 3
+            }
+        );
+        let shape = tree_shape(&c(30), &mut load, &mut known).expect("measured");
+        assert!(shape.entries > MAX_TREE_ENTRIES, "{shape:?}");
+        assert_eq!(loads, 31, "each dirtree loaded once");
+        // A chain deeper than the limit fails, and so does a known subtree
+        // met again too far down.
+        let mut chain: HashMap<Checksum, DirTree> = HashMap::new();
+        chain.insert(c(0), DirTree::default());
+        let mut sums = vec![c(0)];
+        for i in 1..=MAX_TREE_DEPTH + 1 {
+            let sum = Checksum::of(&i.to_be_bytes());
+            let below = sums[i - 1];
+            let entry = SubdirEntry {
+                name: n("d"),
+                tree: below,
+                meta,
+            };
+            chain.insert(sum, DirTree::new(Vec::new(), vec![entry]).expect("link"));
+            sums.push(sum);
+        }
+        let mut load = |t: &Checksum| chain.get(t).cloned().ok_or(());
+        let mut known = HashMap::new();
+        let top = tree_shape(&sums[MAX_TREE_DEPTH], &mut load, &mut known).expect("at the limit");
+        assert_eq!(top.height, MAX_TREE_DEPTH);
+        assert!(matches!(
+            tree_shape(&sums[MAX_TREE_DEPTH + 1], &mut load, &mut known),
+            Err(ShapeError::TooDeep { .. })
+        ));
+        assert!(matches!(
+            tree_shape(&sums[MAX_TREE_DEPTH + 1], &mut load, &mut HashMap::new()),
+            Err(ShapeError::TooDeep { .. })
+        ));
     }
 
     #[test]

@@ -17,6 +17,37 @@ use super::{Error, structure};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Xattrs(Vec<(Vec<u8>, Vec<u8>)>);
 
+/// The longest xattr name Linux takes, without its NUL (`XATTR_NAME_MAX`).
+const MAX_XATTR_NAME: usize = 255;
+/// The largest xattr value Linux takes (`XATTR_SIZE_MAX`).
+const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// The longest symlink target Linux takes (`PATH_MAX`, less its NUL).
+pub const MAX_SYMLINK_TARGET: usize = 4095;
+
+/// Refuses an xattr no checkout could set: ostree passes the stored name to
+/// `fsetxattr` as a C string, so it must end in its one NUL.
+fn check_xattr(kind: &'static str, name: &[u8], value: &[u8]) -> Result<(), Error> {
+    let Some((&0, bare)) = name.split_last() else {
+        return Err(structure(kind, "an xattr name does not end in NUL"));
+    };
+    if bare.is_empty() || bare.contains(&0) {
+        return Err(structure(kind, "an xattr name is empty or holds a NUL"));
+    }
+    if bare.len() > MAX_XATTR_NAME {
+        return Err(structure(
+            kind,
+            format!("an xattr name is longer than {MAX_XATTR_NAME} bytes"),
+        ));
+    }
+    if value.len() > MAX_XATTR_VALUE {
+        return Err(structure(
+            kind,
+            format!("an xattr value is larger than {MAX_XATTR_VALUE} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Initialization
 impl Xattrs {
     /// Canonicalises `(name without NUL, value)` pairs the way ostree does
@@ -45,6 +76,7 @@ impl Xattrs {
                 .ok_or_else(|| structure(kind, "xattr is not (ayay)"))?;
             match pair {
                 [Value::Bytes(name), Value::Bytes(value)] => {
+                    check_xattr(kind, name, value)?;
                     out.push((name.to_vec(), value.to_vec()));
                 }
                 _ => return Err(structure(kind, "xattr is not (ayay)")),
@@ -134,6 +166,16 @@ impl FileHeader {
         }
         if ty == S_IFLNK && self.symlink_target.is_empty() {
             return Err(structure(kind, "a symlink has an empty target"));
+        }
+        if self.symlink_target.len() > MAX_SYMLINK_TARGET {
+            return Err(structure(
+                kind,
+                format!(
+                    "a symlink target of {} bytes is longer than the {MAX_SYMLINK_TARGET} \
+                     a checkout can create",
+                    self.symlink_target.len()
+                ),
+            ));
         }
         Ok(())
     }
@@ -487,6 +529,30 @@ mod tests {
         );
         let (h, size) = parse_filez_header(&bytes[8..]).expect("valid");
         assert_eq!((h, size), (regular(0o100_644), 6));
+    }
+
+    #[test]
+    fn headers_no_checkout_could_create_do_not_parse() {
+        let parses = |h: &FileHeader| parse_filez_header(&filez_header_bytes(h, 0)[8..]);
+        let with_xattr = |name: &[u8]| FileHeader {
+            xattrs: Xattrs(vec![(name.to_vec(), b"v".to_vec())]),
+            ..regular(0o100_644)
+        };
+        assert!(parses(&with_xattr(b"user.a\0")).is_ok());
+        for name in [&b"user.a"[..], b"\0", b"user\0.a\0", b""] {
+            assert!(parses(&with_xattr(name)).is_err(), "{name:?}");
+        }
+        let mut long = vec![b'u'; MAX_XATTR_NAME + 1];
+        long.push(0);
+        assert!(parses(&with_xattr(&long)).is_err());
+        let link = |len: usize| FileHeader {
+            mode: 0o120_777,
+            symlink_target: "t".repeat(len),
+            ..regular(0)
+        };
+        assert!(parses(&link(MAX_SYMLINK_TARGET)).is_ok());
+        let err = parses(&link(MAX_SYMLINK_TARGET + 1)).expect_err("too long");
+        assert!(err.to_string().contains("4096 bytes"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,10 @@ use std::str::FromStr;
 
 pub use commit::{Commit, REF_BINDING_KEY};
 pub use dirmeta::DirMeta;
-pub use dirtree::{DirTree, FileName, SubdirEntry};
+pub use dirtree::{
+    DirTree, FileName, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, ShapeError, SubdirEntry, TreeShape,
+    tree_shape,
+};
 pub use file::{
     FileHeader, MAX_FILEZ_HEADER, Xattrs, content_checksum_prefix, filez_header_bytes,
     parse_filez_header, write_filez, write_filez_unhashed,

@@ -154,6 +154,15 @@ pub enum Error {
         /// How many more are missing.
         more: usize,
     },
+    /// A commit whose tree no checkout could expand (too deep, too many
+    /// entries).
+    #[error("commit {commit} cannot be checked out: {reason}")]
+    UncheckableTree {
+        /// The commit.
+        commit: Checksum,
+        /// What is wrong with its tree.
+        reason: String,
+    },
     /// Content changed between hashing and storing it.
     #[error("{path} changed while it was being committed; commit again when it is stable")]
     ChangedWhileReading {
@@ -307,7 +316,39 @@ impl Repo {
 
     /// Starts a write transaction (takes the shared lock).
     pub fn begin(&self) -> Result<Transaction, Error> {
-        Transaction::begin(self)
+        Transaction::begin(self, true)
+    }
+
+    /// Starts a write transaction that stages without the repository's
+    /// lock, and takes it (shared) only for its checks and publishing
+    /// ([`Transaction::hold_lock`], or at the latest when it commits): a
+    /// receiver's client may take hours, or never finish, and must not
+    /// keep a prune waiting meanwhile. Whatever such a transaction found
+    /// published before it held the lock, its checks must look at again.
+    pub fn begin_unlocked(&self) -> Result<Transaction, Error> {
+        Transaction::begin(self, false)
+    }
+
+    /// Whether any commit is marked partial (`state/<commit>.commitpartial`,
+    /// which ostree pull writes while it fetches a commit's objects).
+    pub fn has_partial_commits(&self) -> Result<bool, Error> {
+        let state = self.path.join("state");
+        let entries = match fs::read_dir(&state) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("list", &state)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &state))?;
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .ends_with(b".commitpartial")
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

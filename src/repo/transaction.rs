@@ -20,7 +20,8 @@ use rayon::prelude::*;
 
 use crate::checksum::Checksum;
 use crate::object::{
-    Commit, DirTree, FileHeader, FileName, ObjectMap, ObjectName, ObjectType, write_filez,
+    Commit, DirTree, FileHeader, FileName, MAX_TREE_ENTRIES, ObjectMap, ObjectName, ObjectType,
+    ShapeError, TreeShape, tree_shape, write_filez,
 };
 use crate::refname::RefName;
 
@@ -112,6 +113,13 @@ impl Drop for StagingFile {
 struct Walk {
     to_read: Vec<(usize, Option<FileName>, Checksum)>,
     path: Vec<FileName>,
+    /// Whether published dirtrees are read too, instead of standing for
+    /// their subtrees: an ostree pull writes a dirtree before its children
+    /// (marking its commit partial until it is done), so while any commit
+    /// is partial a published dirtree proves nothing.
+    published_too: bool,
+    /// The published dirtrees queued, each once.
+    published_read: std::collections::HashSet<Checksum>,
 }
 
 impl Walk {
@@ -184,12 +192,19 @@ pub struct Transaction {
     /// Files created in staging get mode 0644 as asked (no umask or default
     /// ACL takes bits away), so finishing one needs no `fchmod`.
     creates_0644: bool,
-    _repo_lock: LockGuard,
+    /// The repository's lock, shared: from the start, or (for a receiver,
+    /// whose client may be slow) only from [`hold_lock`](Transaction::hold_lock)
+    /// on, around its checks and publishing.
+    repo_lock: Mutex<Option<LockGuard>>,
 }
 
 impl Transaction {
-    pub(super) fn begin(repo: &Repo) -> Result<Self, Error> {
-        let repo_lock = repo.lock(LockMode::Shared)?;
+    pub(super) fn begin(repo: &Repo, locked: bool) -> Result<Self, Error> {
+        let repo_lock = if locked {
+            Some(repo.lock(LockMode::Shared)?)
+        } else {
+            None
+        };
         let tmp = repo.path.join("tmp");
         clean_abandoned(&tmp, STAGING_PREFIX);
         let dir = LockedDir::create(&tmp, STAGING_PREFIX, 0o755)?;
@@ -199,8 +214,22 @@ impl Transaction {
             objects: Arc::default(),
             staging_dir: dir,
             creates_0644,
-            _repo_lock: repo_lock,
+            repo_lock: Mutex::new(repo_lock),
         })
+    }
+
+    /// Takes the repository's shared lock, unless held already. Whatever
+    /// the checks that follow find in `objects/` then stays there (a prune
+    /// needs the lock exclusively) until this transaction ends.
+    pub fn hold_lock(&self) -> Result<(), Error> {
+        let mut held = self
+            .repo_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.is_none() {
+            *held = Some(self.repo.lock(LockMode::Shared)?);
+        }
+        Ok(())
     }
 
     /// This transaction's staging directory.
@@ -422,6 +451,22 @@ impl Transaction {
             .map(|(name, _)| *name)
     }
 
+    /// A staged detached metadata object whose commit is not staged here:
+    /// one that would be attached to a commit this push did not bring.
+    pub fn commitmeta_without_commit(&self) -> Option<ObjectName> {
+        let objects = lock_objects(&self.objects);
+        objects
+            .iter()
+            .find(|(name, standing)| {
+                name.kind == ObjectType::CommitMeta
+                    && standing.is_staged()
+                    && !objects
+                        .get(&ObjectName::new(name.checksum, ObjectType::Commit))
+                        .is_some_and(Standing::is_staged)
+            })
+            .map(|(name, _)| *name)
+    }
+
     /// Whether this transaction has asked for, is receiving or has staged
     /// the object.
     pub fn in_this_push(&self, name: &ObjectName) -> bool {
@@ -478,7 +523,10 @@ impl Transaction {
     fn walk_closure(&self, commit: &Checksum) -> Result<(), Error> {
         let c = self.load_commit(commit)?;
         let mut missing = Missing::default();
-        let mut walk = Walk::default();
+        let mut walk = Walk {
+            published_too: self.repo.has_partial_commits()?,
+            ..Walk::default()
+        };
         self.check_dir(&mut walk, &mut missing, 0, None, c.root_tree, c.root_meta);
         while let Some((depth, name, tree)) = walk.to_read.pop() {
             // Depth first: the names kept above this one are its parent's.
@@ -540,9 +588,53 @@ impl Transaction {
             None => {
                 if !self.repo.has_object(&tree_name) {
                     missing.note(|| format!("{tree_name} ({})", walk.path(name)));
+                } else if walk.published_too && walk.published_read.insert(tree) {
+                    walk.to_read.push((depth, name.cloned(), tree));
                 }
             }
         }
+    }
+
+    /// Refuses a staged commit whose tree checkouts refuse: directories
+    /// nested deeper than [`MAX_TREE_DEPTH`], or more than
+    /// [`MAX_TREE_ENTRIES`] entries once expanded. ostree's fsck, prune
+    /// and checkout recurse, and crash on trees some thousands of levels
+    /// deep; a few dirtrees naming one subtree many times stand for
+    /// billions of files. A root tree already published was measured when
+    /// it was pushed (or the repository's owner made it); a staged one is
+    /// measured with every subtree it names, published ones too, since a
+    /// push could stack its tree on an earlier one. `known` carries what
+    /// was measured to the next commit of the push.
+    pub fn check_tree_shape(
+        &self,
+        commit: &Checksum,
+        known: &mut std::collections::HashMap<Checksum, TreeShape>,
+    ) -> Result<(), Error> {
+        let c = self.load_commit(commit)?;
+        if !self.staged(&ObjectName::new(c.root_tree, ObjectType::DirTree)) {
+            return Ok(());
+        }
+        let mut load = |tree: &Checksum| {
+            let name = ObjectName::new(*tree, ObjectType::DirTree);
+            let data = self.read_metadata(&name)?;
+            DirTree::parse(&data).map_err(|e| Error::CorruptObject {
+                name,
+                reason: crate::error_chain(&e),
+            })
+        };
+        let reason = match tree_shape(&c.root_tree, &mut load, known) {
+            Ok(shape) if shape.entries <= MAX_TREE_ENTRIES => return Ok(()),
+            Ok(_) => format!(
+                "its tree expands to more than {MAX_TREE_ENTRIES} files and directories \
+                 (its dirtrees name the same subtrees over and over)"
+            ),
+            Err(ShapeError::Load(e)) => return Err(e),
+            Err(e @ ShapeError::TooDeep { .. }) => format!("in its tree {e}"),
+        };
+        Err(Error::UncheckableTree {
+            commit: *commit,
+            reason,
+        })
     }
 
     /// For a staged object: marks it walked, and says whether it was not
@@ -697,6 +789,7 @@ impl Transaction {
     }
 
     fn publish(self, updates: &[RefUpdate], durable: bool) -> Result<(), Error> {
+        self.hold_lock()?;
         // Every writer has finished: the record is complete, and its table
         // is no longer needed.
         let mut staged =

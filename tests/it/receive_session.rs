@@ -776,6 +776,42 @@ async fn every_push_leaves_an_audit_record() {
     assert_eq!(lines[1]["refs"][0]["new"], commit.to_string());
     assert_eq!(lines[1]["objects"], missing.len() as u64);
     assert!(state.join("refs-changed").exists());
+
+    // What a client chooses the length of (its software name, a magic the
+    // error quotes) is cut short in the log: a key that may write nothing
+    // must not fill the state directory's disk a megabyte at a time.
+    let mut c = Client::start(policy(&s.server, &state, &[]));
+    let long = "x".repeat(500_000);
+    c.send(Message::Hello {
+        magic: long.clone(),
+        min_version: 1,
+        max_version: 1,
+        software: long,
+        capabilities: Vec::new(),
+    })
+    .await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.len() > 500_000, "the client is told in full");
+    let _ = c.server.await;
+    let log = fs::read_to_string(state.join("audit.jsonl")).expect("audit log");
+    let last = log.lines().last().expect("a third record");
+    assert!(last.len() < 8192, "{} bytes", last.len());
+    let record: serde_json::Value = serde_json::from_str(last).expect("json");
+    assert!(
+        record["client"]
+            .as_str()
+            .expect("client")
+            .ends_with("(499744 more bytes)"),
+        "{record}"
+    );
+    assert!(
+        record["error"]
+            .as_str()
+            .expect("error")
+            .contains("more bytes)"),
+        "{record}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -912,15 +948,20 @@ async fn detached_metadata_is_taken_only_for_the_pushed_commits() {
     let updates = c.update(&[("proj/a", None, mine)]).await;
     assert_eq!(c.recv().await, Message::Accepted { updates });
     let their_meta = ObjectName::new(theirs, ObjectType::CommitMeta);
+    let my_commit = ObjectName::new(mine, ObjectType::Commit);
     let my_meta = ObjectName::new(mine, ObjectType::CommitMeta);
     c.send(Message::Want {
-        objects: vec![their_meta, my_meta],
+        objects: vec![my_commit, their_meta, my_meta],
     })
     .await;
     let Message::Missing { objects: missing } = c.recv().await else {
         panic!("missing")
     };
-    assert_eq!(missing, [my_meta], "only the pushed commit's is asked for");
+    assert_eq!(
+        missing,
+        [my_commit, my_meta],
+        "only the pushed commit's is asked for"
+    );
     // Sent anyway, the other commit's is refused, and nothing lands.
     c.send_object(&their_meta, b"not asked for").await;
     c.w.flush().await.expect("flush");
@@ -930,6 +971,51 @@ async fn detached_metadata_is_taken_only_for_the_pushed_commits() {
     assert!(c.server.await.expect("join").is_err());
     assert!(!Repo::open(&s.server).expect("open").has_object(&their_meta));
     assert!(!s.server.join("refs/heads/proj/a").exists());
+
+    // Moving a ref of its own to the other key's commit does not make that
+    // commit's detached metadata this key's to attach: it belongs to the
+    // commit, whatever refs name it.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["proj/**"]));
+    let updates = c.update(&[("proj/steal", None, theirs)]).await;
+    assert_eq!(c.recv().await, Message::Accepted { updates });
+    c.send(Message::Want {
+        objects: vec![ObjectName::new(theirs, ObjectType::Commit), their_meta],
+    })
+    .await;
+    assert_eq!(c.recv().await, Message::Missing { objects: vec![] });
+
+    // Nor does asking for a commit it then never sends: a commitmeta that
+    // arrives without its commit is refused, and nothing lands. (Had it
+    // landed, the real commit pushed later by its own key would have found
+    // "its" signature already there, and kept it.)
+    let unsent = s.commit(&[("a", "to be pushed by someone else")], None);
+    let unsent_meta = ObjectName::new(unsent, ObjectType::CommitMeta);
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["proj/**"]));
+    let mut missing = accept_and_negotiate(&mut c, &s, "proj/b", None, mine).await;
+    c.send(Message::Want {
+        objects: vec![ObjectName::new(unsent, ObjectType::Commit), unsent_meta],
+    })
+    .await;
+    assert_eq!(
+        c.recv().await,
+        Message::Missing {
+            objects: vec![ObjectName::new(unsent, ObjectType::Commit), unsent_meta]
+        }
+    );
+    missing.push((unsent_meta, commitmeta_bytes()));
+    send_all(&mut c, &missing).await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Protocol, "{msg}");
+    assert!(
+        msg.contains(&unsent_meta.to_string()) && msg.contains("without its commit"),
+        "{msg}"
+    );
+    assert!(c.server.await.expect("join").is_err());
+    let server = Repo::open(&s.server).expect("open");
+    assert!(!server.has_object(&unsent_meta));
+    assert!(!server.has_object(&my_commit));
+    assert!(!s.server.join("refs/heads/proj/b").exists());
+    ok(ostree_in(&s.server).arg("fsck"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -973,5 +1059,230 @@ async fn a_dirtree_outside_every_pushed_commit_is_refused_and_nothing_lands() {
     assert!(!server.has_object(&orphan));
     assert!(!server.has_object(&ObjectName::new(mine, ObjectType::Commit)));
     assert!(!s.server.join("refs/heads/main").exists());
+    ok(ostree_in(&s.server).arg("fsck"));
+}
+
+/// A detached metadata object: `a{sv}` holding one string.
+fn commitmeta_bytes() -> Vec<u8> {
+    use depot::gvariant::{Type, Value, to_bytes};
+    to_bytes(&Value::Array(
+        Type::parse("{sv}").expect("type"),
+        vec![Value::DictEntry(
+            Box::new(Value::str("note")),
+            Box::new(Value::variant(Value::str("planted"))),
+        )],
+    ))
+}
+
+/// Metadata objects of crafted trees, and the commit over them.
+#[derive(Default)]
+struct Crafted {
+    objects: Vec<(ObjectName, Vec<u8>)>,
+}
+
+impl Crafted {
+    fn add(&mut self, kind: ObjectType, bytes: Vec<u8>) -> Checksum {
+        let sum = Checksum::of(&bytes);
+        let name = ObjectName::new(sum, kind);
+        if !self.objects.iter().any(|(n, _)| *n == name) {
+            self.objects.push((name, bytes));
+        }
+        sum
+    }
+
+    /// A directory holding `width` subdirectories named d0, d1..., each `tree`.
+    fn dir_of(&mut self, tree: Checksum, meta: Checksum, width: usize) -> Checksum {
+        let dirs = (0..width)
+            .map(|i| depot::object::SubdirEntry {
+                name: depot::object::FileName::new(&format!("d{i}")).expect("name"),
+                tree,
+                meta,
+            })
+            .collect();
+        let t = depot::object::DirTree::new(Vec::new(), dirs).expect("dirtree");
+        self.add(ObjectType::DirTree, t.to_bytes())
+    }
+
+    fn commit(&mut self, root_tree: Checksum, root_meta: Checksum) -> Checksum {
+        let c = depot::object::Commit {
+            metadata: Vec::new(),
+            parent: None,
+            related: Vec::new(),
+            subject: "crafted".into(),
+            body: String::new(),
+            timestamp: 1,
+            root_tree,
+            root_meta,
+        };
+        self.add(ObjectType::Commit, c.to_bytes())
+    }
+}
+
+/// Pushes the crafted objects as `name` -> `commit`; returns the server's answer.
+async fn push_crafted(s: &Setup, name: &str, commit: Checksum, crafted: &Crafted) -> Message {
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let updates = c.update(&[(name, None, commit)]).await;
+    assert_eq!(c.recv().await, Message::Accepted { updates });
+    c.send(Message::Want {
+        objects: crafted.objects.iter().map(|(n, _)| *n).collect(),
+    })
+    .await;
+    let Message::Missing { objects: missing } = c.recv().await else {
+        panic!("missing")
+    };
+    let to_send: Vec<_> = crafted
+        .objects
+        .iter()
+        .filter(|(n, _)| missing.contains(n))
+        .cloned()
+        .collect();
+    send_all(&mut c, &to_send).await;
+    c.recv().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trees_no_checkout_could_expand_are_refused_even_stacked_on_published_ones() {
+    // ostree fsck, prune and checkout recurse, and crash (SIGSEGV) on a tree
+    // some thousands of directories deep; a few dirtrees that name one
+    // subtree many times stand for billions of files.
+    let s = setup();
+    let base = s.commit(&[("a", "1")], None);
+    let meta = s.scratch.load_commit(&base).expect("load").root_meta;
+    let meta_bytes = s
+        .scratch
+        .read_metadata(&ObjectName::new(meta, ObjectType::DirMeta))
+        .expect("dirmeta");
+    let empty = depot::object::DirTree::new(Vec::new(), Vec::new()).expect("empty");
+    let chain = |crafted: &mut Crafted, from: Checksum, levels: usize| {
+        (0..levels).fold(from, |t, _| crafted.dir_of(t, meta, 1))
+    };
+    let refused = |answer: Message, what: &str| match answer {
+        Message::Error { code, message } => {
+            assert_eq!(code, ErrorCode::TooLarge, "{message}");
+            assert!(message.contains(what), "{message}");
+        }
+        other => panic!("accepted: {other:?}"),
+    };
+
+    // 300 directories deep: refused; 256 deep is the most a checkout takes.
+    let mut deep = Crafted::default();
+    deep.add(ObjectType::DirMeta, meta_bytes.clone());
+    let leaf = deep.add(ObjectType::DirTree, empty.to_bytes());
+    let top = chain(&mut deep, leaf, 300);
+    let commit = deep.commit(top, meta);
+    refused(
+        push_crafted(&s, "deep", commit, &deep).await,
+        "nest deeper than 256",
+    );
+    assert!(!s.server.join("refs/heads/deep").exists());
+    assert!(
+        !Repo::open(&s.server)
+            .expect("open")
+            .has_object(&ObjectName::new(top, ObjectType::DirTree))
+    );
+
+    // 40 levels of two subdirectories each: 44 objects, 2^41 directories.
+    let mut wide = Crafted::default();
+    wide.add(ObjectType::DirMeta, meta_bytes.clone());
+    let leaf = wide.add(ObjectType::DirTree, empty.to_bytes());
+    let top = (0..40).fold(leaf, |t, _| wide.dir_of(t, meta, 2));
+    let commit = wide.commit(top, meta);
+    refused(
+        push_crafted(&s, "wide", commit, &wide).await,
+        "more than 10000000 files and directories",
+    );
+
+    // 200 deep is fine, and lands; 200 more stacked on it is not.
+    let mut first = Crafted::default();
+    first.add(ObjectType::DirMeta, meta_bytes.clone());
+    let leaf = first.add(ObjectType::DirTree, empty.to_bytes());
+    let lower = chain(&mut first, leaf, 200);
+    let commit = first.commit(lower, meta);
+    assert!(
+        matches!(
+            push_crafted(&s, "lower", commit, &first).await,
+            Message::Result { .. }
+        ),
+        "a tree 200 deep is taken"
+    );
+    let mut stacked = Crafted::default();
+    let top = chain(&mut stacked, lower, 200);
+    let commit = stacked.commit(top, meta);
+    refused(
+        push_crafted(&s, "stacked", commit, &stacked).await,
+        "nest deeper than 256",
+    );
+    assert!(!s.server.join("refs/heads/stacked").exists());
+    ok(ostree_in(&s.server).arg("fsck"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_pulled_commit_s_dirtrees_do_not_vouch_for_their_files() {
+    // What an interrupted (or --subpath) `ostree pull` into the server's
+    // repository leaves: a commit marked partial, its dirtree and dirmeta
+    // published, a file of it not.
+    let s = setup();
+    let pulled = s.commit(&[("a", "never fetched")], None);
+    let c = s.scratch.load_commit(&pulled).expect("load");
+    let tree = ObjectName::new(c.root_tree, ObjectType::DirTree);
+    let meta = ObjectName::new(c.root_meta, ObjectType::DirMeta);
+    let server = Repo::open(&s.server).expect("open");
+    for name in [tree, meta] {
+        let path = server.object_path(&name);
+        fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        fs::write(&path, s.scratch.read_metadata(&name).expect("read")).expect("write");
+    }
+    fs::write(s.server.join(format!("state/{pulled}.commitpartial")), "").expect("mark partial");
+    // A new commit over that very tree, sent alone.
+    let mut crafted = Crafted::default();
+    let commit = crafted.commit(c.root_tree, c.root_meta);
+    match push_crafted(&s, "main", commit, &crafted).await {
+        Message::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Incomplete, "{message}");
+            assert!(
+                message.contains("(/a)"),
+                "names the missing file: {message}"
+            );
+        }
+        other => panic!("accepted: {other:?}"),
+    }
+    assert!(!s.server.join("refs/heads/main").exists());
+    assert!(!server.has_object(&ObjectName::new(commit, ObjectType::Commit)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_runs_while_objects_arrive_and_what_it_took_is_asked_of_the_closure_check() {
+    // The receiver holds the repository's lock only for its checks and
+    // publishing: a client that takes its time (or trickles a byte a
+    // minute) does not hold off a prune.
+    let s = setup();
+    let old = s.commit(&[("a", "shared"), ("b", "old")], None);
+    s.set_server_ref("scratch", &old);
+    fs::remove_file(s.server.join("refs/heads/scratch")).expect("drop the ref");
+    let new = s.commit(&[("a", "shared"), ("c", "new")], None);
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "main", None, new).await;
+    assert!(
+        !missing.is_empty() && missing.len() < s.objects(&new).len(),
+        "the server has the shared file and dirmeta, so they are not asked for"
+    );
+    // Accepted and negotiated: the prune takes the lock at once, and
+    // deletes what no ref reaches, the shared objects among it.
+    ok(ostree_in(&s.server).args(["prune", "--refs-only"]));
+    send_all(&mut c, &missing).await;
+    let (code, msg) = c.error().await;
+    assert_eq!(code, ErrorCode::Incomplete, "{msg}");
+    assert!(
+        msg.contains("neither in the repository nor in this push"),
+        "{msg}"
+    );
+    assert!(c.server.await.expect("join").is_err());
+    assert!(!s.server.join("refs/heads/main").exists());
+    ok(ostree_in(&s.server).arg("fsck"));
+    // Pushed again, everything it lacks is sent, and it lands.
+    let mut c = Client::start(policy(&s.server, &s.dir.join("state"), &["**"]));
+    let missing = accept_and_negotiate(&mut c, &s, "main", None, new).await;
+    send_all(&mut c, &missing).await;
+    assert!(matches!(c.recv().await, Message::Result { .. }));
     ok(ostree_in(&s.server).arg("fsck"));
 }

@@ -386,7 +386,8 @@ fn feed_content(
             ));
         }
         body.hasher.update(&scratch[..produced]);
-        if let Some(sink) = sink.as_deref_mut() {
+        // An empty stream (a symlink's may be one) gives the sink nothing.
+        if let Some(sink) = sink.as_deref_mut().filter(|_| produced > 0) {
             sink.write(&scratch[..produced])?;
         }
         if status == Status::StreamEnd {

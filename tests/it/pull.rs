@@ -742,6 +742,37 @@ fn publish_as_ref(
     let _ = fs::remove_file(path.join("summary"));
 }
 
+/// Writes a content object into the repository at `path`: `payload` with
+/// `header`, then `after` (bytes the object's name does not cover).
+/// Returns its checksum.
+fn put_content(
+    path: &Path,
+    header: &depot::object::FileHeader,
+    payload: &[u8],
+    after: &[u8],
+) -> depot::checksum::Checksum {
+    let mut bytes = Vec::new();
+    let (sum, _) = depot::object::write_filez(header, payload.len() as u64, payload, 6, &mut bytes)
+        .expect("in memory");
+    bytes.extend_from_slice(after);
+    let name = depot::object::ObjectName::new(sum, depot::object::ObjectType::File);
+    let file = path.join(name.relative_path());
+    fs::create_dir_all(file.parent().expect("a shard")).expect("mkdir");
+    fs::write(&file, bytes).expect("write");
+    sum
+}
+
+/// The header of a regular file, mode 0644, root's.
+fn regular_file() -> depot::object::FileHeader {
+    depot::object::FileHeader {
+        uid: 0,
+        gid: 0,
+        mode: 0o100_644,
+        symlink_target: String::new(),
+        xattrs: depot::object::Xattrs::default(),
+    }
+}
+
 #[test]
 fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anything_is_written() {
     use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
@@ -1125,4 +1156,47 @@ fn an_empty_current_directory_or_a_symlink_to_an_empty_directory_is_filled() {
     let err = fails(pull(&url, "proj/x", &fresh).arg(&dangling));
     assert!(err.contains("is a symlink to nothing"), "{err}");
     assert_eq!(object_files(&fresh).len(), 1, "only the commit");
+}
+
+#[test]
+fn a_symlink_object_with_an_empty_compressed_stream_is_checked_out_as_ostree_does() {
+    use depot::object::{DirTree, FileHeader, FileName, ObjectType};
+    let tmp = tempdir();
+    let path = tmp.path().join("repo");
+    let repo = depot::repo::Repo::init(&path).expect("init");
+    let hello = put_content(&path, &regular_file(), b"hello\n", &[]);
+    let link = FileHeader {
+        mode: 0o120_777,
+        symlink_target: "f".into(),
+        ..regular_file()
+    };
+    // One empty final block: a whole deflate stream of nothing, which
+    // ostree leaves out of a symlink's object and another writer may not.
+    let link = put_content(&path, &link, b"", &[0x03, 0x00]);
+    let tx = repo.begin().expect("begin");
+    let meta = stage_plain_dirmeta(&tx);
+    let files = vec![
+        (FileName::new("f").expect("name"), hello),
+        (FileName::new("link").expect("name"), link),
+    ];
+    let tree = DirTree::new(files, vec![]).expect("tree").to_bytes();
+    let tree = tx
+        .write_metadata(ObjectType::DirTree, &tree)
+        .expect("stage");
+    publish_as_ref(tx, &path, "main", tree, meta);
+
+    let url = format!("file://{}", path.display());
+    let dest = tmp.path().join("co");
+    ok(pull(&url, "main", &tmp.path().join("cache")).arg(&dest));
+    assert_eq!(
+        fs::read_link(dest.join("link")).expect("readlink"),
+        Path::new("f")
+    );
+    let client = ostree_client(&tmp.path().join("client"), "archive", &url);
+    ok(ostree_in(&client).args(["pull", "origin", "main"]));
+    let ostree_co = tmp.path().join("ostree-co");
+    ok(ostree_in(&client)
+        .args(["checkout", "-U", "origin:main"])
+        .arg(&ostree_co));
+    assert_same_tree(&ostree_co, &dest, OSTREE_USER_MODE);
 }

@@ -34,7 +34,7 @@ use crate::checksum::Checksum;
 use crate::gvariant::{self, Type, Value};
 use crate::object::{Commit, DirTree, MAX_METADATA_SIZE, ObjectName, ObjectType};
 use crate::read::{self, Checkout, CheckoutOptions, CheckoutStats};
-use crate::refname::RefName;
+use crate::refname::{MAX_REF_LEN, RefName};
 use crate::repo::{self, PayloadSink, Repo, Transaction};
 
 /// Requests in flight at once (ostree uses 8).
@@ -64,6 +64,12 @@ const MAX_REDIRECTS: usize = 10;
 const MAX_REF_LISTINGS: usize = 1_000;
 /// Refs read, at most, from `refs/heads/` listings when there is no summary.
 const MAX_LISTED_REFS: usize = 100_000;
+/// Bytes of ref and directory names kept, at most, from `refs/heads/`
+/// listings: 100,000 refs of 160 bytes.
+const MAX_LISTED_REF_BYTES: usize = 16 * 1024 * 1024;
+/// The largest `refs/heads/` listing page read. Only one is held at a time,
+/// and only what in it could be a ref is kept.
+const MAX_LISTING_PAGE: u64 = 16 * 1024 * 1024;
 /// The largest summary read (ostree reads up to its metadata limit).
 const MAX_SUMMARY_SIZE: u64 = MAX_METADATA_SIZE;
 
@@ -337,9 +343,9 @@ impl Remote {
         let mut out = Vec::new();
         let mut dirs = vec![String::new()];
         let mut listed = 0usize;
-        // A listing may name an entry twice; each is asked for once.
-        let mut seen = HashSet::new();
         let mut asked = 0usize;
+        // Bytes of names held in `dirs` and `out`.
+        let mut held = 0usize;
         let too_many = |what: String| Error::Invalid {
             url: self.url("refs/heads/"),
             reason: format!(
@@ -352,7 +358,7 @@ impl Remote {
                 return Err(too_many(format!("{MAX_REF_LISTINGS} directories of refs")));
             }
             let path = format!("refs/heads/{dir}");
-            let Some(entries) = self.list(&path).await? else {
+            let Some(listing) = self.list(&path).await? else {
                 if dir.is_empty() {
                     return Err(Error::Invalid {
                         url: self.base.clone(),
@@ -363,35 +369,60 @@ impl Remote {
                 }
                 continue;
             };
-            for href in entries {
-                if !seen.insert(format!("{dir}{href}")) {
+            // A listing may name an entry twice; each is asked for once. A
+            // directory is met only in its parent's listing, so entries
+            // cannot recur across listings. Only what could be part of a
+            // ref name is kept, counted as it is: the rest of a page, however
+            // much, is passed over.
+            let mut seen = HashSet::new();
+            for href in listing.entries() {
+                let (entry, is_dir) = match href.strip_suffix('/') {
+                    // Only what could be part of a ref name, one level down.
+                    Some(sub) if sub.contains('/') => continue,
+                    Some(sub) => (sub, true),
+                    None => (href, false),
+                };
+                if dir.len() + entry.len() > MAX_REF_LEN {
                     continue;
                 }
-                if let Some(sub) = href.strip_suffix('/') {
-                    // Only what could be part of a ref name, one level down.
-                    let below = format!("{dir}{sub}");
-                    if !sub.contains('/') && below.parse::<RefName>().is_ok() {
-                        dirs.push(format!("{below}/"));
-                    }
-                } else if let Ok(name) = format!("{dir}{href}").parse::<RefName>() {
-                    // Counted when asked for, found or not.
-                    asked += 1;
-                    if asked > MAX_LISTED_REFS {
-                        return Err(too_many(format!("{MAX_LISTED_REFS} refs")));
-                    }
-                    // Listed but gone: deleted since the listing was made.
-                    let Some(commit) = self.ref_file(&name).await? else {
-                        tracing::warn!("ref {name} was listed but is not there; leaving it out");
-                        continue;
-                    };
-                    out.push(RemoteRef {
-                        name,
-                        commit,
-                        commit_size: None,
-                        timestamp: None,
-                        version: None,
-                    });
+                let Ok(name) = format!("{dir}{entry}").parse::<RefName>() else {
+                    continue;
+                };
+                if !seen.insert(href) {
+                    continue;
                 }
+                held += name.as_str().len();
+                if held > MAX_LISTED_REF_BYTES {
+                    return Err(too_many(format!(
+                        "{} MiB of ref names",
+                        MAX_LISTED_REF_BYTES >> 20
+                    )));
+                }
+                if is_dir {
+                    // Each is listed in turn: counted now, not once it is.
+                    if listed + dirs.len() + 1 > MAX_REF_LISTINGS {
+                        return Err(too_many(format!("{MAX_REF_LISTINGS} directories of refs")));
+                    }
+                    dirs.push(format!("{name}/"));
+                    continue;
+                }
+                // Counted when asked for, found or not.
+                asked += 1;
+                if asked > MAX_LISTED_REFS {
+                    return Err(too_many(format!("{MAX_LISTED_REFS} refs")));
+                }
+                // Listed but gone: deleted since the listing was made.
+                let Some(commit) = self.ref_file(&name).await? else {
+                    tracing::warn!("ref {name} was listed but is not there; leaving it out");
+                    continue;
+                };
+                out.push(RemoteRef {
+                    name,
+                    commit,
+                    commit_size: None,
+                    timestamp: None,
+                    version: None,
+                });
             }
         }
         out.sort_by(|a, b| a.name.as_str().as_bytes().cmp(b.name.as_str().as_bytes()));
@@ -401,12 +432,17 @@ impl Remote {
     /// The entries of the directory at `path`, a directory's with a
     /// trailing `/`: from the server's listing page, or read from the file
     /// system for `file://`. `None` when there is no listing.
-    async fn list(&self, path: &str) -> Result<Option<Vec<String>>, Error> {
+    async fn list(&self, path: &str) -> Result<Option<Listing>, Error> {
         let root = match &self.transport {
             Transport::File(root) => root,
             Transport::Http(_) => {
-                let page = self.get_small(path, 16 * 1024 * 1024).await?;
-                return Ok(page.map(|p| listing_hrefs(&String::from_utf8_lossy(&p))));
+                let page = self.get_small(path, MAX_LISTING_PAGE).await?;
+                return Ok(page.map(|p| {
+                    Listing::Page(
+                        String::from_utf8(p)
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                    )
+                }));
             }
         };
         let failed = |e: std::io::Error| Error::Http {
@@ -431,7 +467,7 @@ impl Remote {
                 out.push(name);
             }
         }
-        Ok(Some(out))
+        Ok(Some(Listing::Names(out)))
     }
 
     async fn ref_file(&self, name: &RefName) -> Result<Option<Checksum>, Error> {
@@ -519,23 +555,34 @@ impl Remote {
     }
 }
 
+/// A directory's entries, a directory's with a trailing `/`.
+enum Listing {
+    /// A server's listing page, read through as it is used.
+    Page(String),
+    /// Names read from a local file system.
+    Names(Vec<String>),
+}
+
+impl Listing {
+    fn entries(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Listing::Page(html) => Box::new(listing_hrefs(html)),
+            Listing::Names(names) => Box::new(names.iter().map(String::as_str)),
+        }
+    }
+}
+
 /// The `href`s of a directory listing page, relative ones only.
-fn listing_hrefs(html: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for part in html.split("href=\"").skip(1) {
-        let Some(end) = part.find('"') else { continue };
-        let href = &part[..end];
-        if href.starts_with('/')
+fn listing_hrefs(html: &str) -> impl Iterator<Item = &str> {
+    html.split("href=\"").skip(1).filter_map(|part| {
+        let href = &part[..part.find('"')?];
+        let skip = href.starts_with('/')
             || href.starts_with('.')
             || href.contains("://")
             || href.contains('?')
-            || href.is_empty()
-        {
-            continue;
-        }
-        out.push(href.to_string());
-    }
-    out
+            || href.is_empty();
+        (!skip).then_some(href)
+    })
 }
 
 /// Fetches objects into the cache transaction, in parallel, verified.
@@ -1213,6 +1260,6 @@ mod tests {
     fn listings() {
         let html = r#"<a href="../">..</a><a href="main">main</a><a href="proj/">proj/</a>
             <a href="/abs">x</a><a href="http://evil/x">y</a><a href="?C=N;O=D">sort</a>"#;
-        assert_eq!(listing_hrefs(html), ["main", "proj/"]);
+        assert_eq!(listing_hrefs(html).collect::<Vec<_>>(), ["main", "proj/"]);
     }
 }

@@ -773,6 +773,33 @@ fn regular_file() -> depot::object::FileHeader {
     }
 }
 
+/// `depot` under `/usr/bin/time`, which writes its peak RSS (KiB) to `rss`
+/// (see [`peak_kib`]).
+fn depot_timed(rss: &Path) -> Command {
+    assert!(
+        Path::new("/usr/bin/time").exists(),
+        "/usr/bin/time is missing; scripts/test.sh installs it (apt-get install time)"
+    );
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", "%M", "-o"])
+        .arg(rss)
+        .arg(env!("CARGO_BIN_EXE_depot"))
+        .env_remove("DEPOT_REPO")
+        .env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+/// The peak RSS in KiB that [`depot_timed`] wrote (its last line; a
+/// failed command's report starts with its exit status).
+fn peak_kib(rss: &Path) -> u64 {
+    let report = fs::read_to_string(rss).expect("time's report");
+    report
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {report:?}"))
+}
+
 #[test]
 fn a_tree_that_repeats_subtrees_into_billions_of_entries_is_refused_before_anything_is_written() {
     use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
@@ -1156,6 +1183,56 @@ fn an_empty_current_directory_or_a_symlink_to_an_empty_directory_is_filled() {
     let err = fails(pull(&url, "proj/x", &fresh).arg(&dangling));
     assert!(err.contains("is a symlink to nothing"), "{err}");
     assert_eq!(object_files(&fresh).len(), 1, "only the commit");
+}
+
+#[test]
+fn listing_pages_full_of_what_cannot_be_refs_take_little_memory() {
+    let tmp = tempdir();
+    // No summary. refs/heads/ holds the ref `main` and a directory three
+    // 250-byte names deep, whose listing is 16 MiB of links that cannot be
+    // ref names: each used to be kept under its 750-byte directory name.
+    let script = tmp.path().join("junk.py");
+    fs::write(
+        &script,
+        r#"
+import http.server, sys
+a, b, c = "a" * 250, "b" * 250, "c" * 250
+junk, i = [], 0
+while len(junk) * 12 < 16 * 1024 * 1024 - 64:
+    junk.append(b'href="%%%x"' % i); i += 1
+pages = {
+    "/refs/heads/": ('<a href="main">main</a> <a href="%s/">%s/</a>' % (a, a)).encode(),
+    "/refs/heads/%s/" % a: ('<a href="%s/">x</a>' % b).encode(),
+    "/refs/heads/%s/%s/" % (a, b): ('<a href="%s/">x</a>' % c).encode(),
+    "/refs/heads/%s/%s/%s/" % (a, b, c): b"".join(junk)[: 16 * 1024 * 1024],
+    "/refs/heads/main": b"a" * 64 + b"\n",
+}
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = pages.get(self.path)
+        if body is None:
+            self.send_error(404); return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#,
+    )
+    .expect("script");
+    let (mut server, port, _) = python_server(&script, &[]);
+    let rss = tmp.path().join("rss");
+    let listed = ok(depot_timed(&rss).args(["ls", &format!("http://127.0.0.1:{port}")]));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        listed.starts_with(&format!("main\t{}\t", "a".repeat(64))) && listed.lines().count() == 1,
+        "{listed}"
+    );
+    let peak = peak_kib(&rss);
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
 }
 
 #[test]

@@ -694,7 +694,9 @@ fn flatten(done: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<()
 /// writing) runs right in the task, a chunk at a time: every task on this
 /// runtime is a fetch, and handing each chunk to another thread cost more
 /// than it saved. A metadata object over [`SMALL_METADATA`] is read only
-/// with its share of `large_metadata`.
+/// with its share of `large_metadata`. A response without a length
+/// (chunked, or HTTP/2 without one) is taken as `ostree pull` takes it, its
+/// limits kept as it streams.
 async fn fetch_one(
     remote: &Remote,
     tx: &Transaction,
@@ -714,10 +716,27 @@ async fn fetch_one(
             reason: crate::error_chain(&e),
         },
     };
+    let large = |size: u64| name.kind.is_metadata() && size > SMALL_METADATA;
+    // A dirtree takes about three times its size to check; other metadata
+    // over the push limits, which must decode to at most one value per 8
+    // bytes, up to twice that.
+    let weight = if name.kind == ObjectType::DirTree {
+        1
+    } else {
+        2
+    };
+    let kib = |size: u64| {
+        u32::try_from(size.div_ceil(1024).saturating_mul(weight))
+            .unwrap_or(u32::MAX)
+            .min(LARGE_METADATA_KIB)
+    };
+    // Without a length, large metadata takes the share of the most it may
+    // be, once it proves large.
+    let most = limit.min(MAX_METADATA_SIZE);
+    // Declared first so that it is released last.
     let mut share: Option<tokio::sync::SemaphorePermit<'_>> = None;
     let mut asked = 0;
-    // The share is declared first so that it is released last.
-    let (_share, mut resp, mut obj) = loop {
+    'ask: loop {
         asked += 1;
         if asked > 3 {
             return Err(Error::Invalid {
@@ -725,17 +744,14 @@ async fn fetch_one(
                 reason: "a larger size at every request; giving up".into(),
             });
         }
-        let Some(resp) = remote.get(&path).await? else {
+        let Some(mut resp) = remote.get(&path).await? else {
             return Err(Error::Http {
                 url,
                 reason: "not found (the server lacks an object its commit needs)".into(),
             });
         };
-        let size = resp.content_length().ok_or_else(|| Error::Http {
-            url: url.clone(),
-            reason: "no Content-Length".into(),
-        })?;
-        if size > limit {
+        let size = resp.content_length();
+        if let Some(size) = size.filter(|&size| size > limit) {
             return Err(Error::Invalid {
                 url,
                 reason: format!("{size} bytes, more than the {limit} allowed"),
@@ -743,50 +759,73 @@ async fn fetch_one(
         }
         // The limits of the object's kind first: one too large for them is
         // refused at once, not after waiting for the budget.
-        let obj = tx.begin_fetched_object(name, size, limit).map_err(bad)?;
-        if !name.kind.is_metadata() || size <= SMALL_METADATA {
-            break (None, resp, obj);
-        }
-        let kib = u32::try_from(size.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .min(LARGE_METADATA_KIB);
-        if share
-            .as_ref()
-            .is_some_and(|s| s.num_permits() >= kib as usize)
+        let mut obj = tx.begin_pulled_object(name, size, limit).map_err(bad)?;
+        if let Some(size) = size.filter(|&size| large(size))
+            && !take_share(large_metadata, kib(size), &mut share)?
         {
-            break (share, resp, obj);
+            // Not waiting with the response unread, which a server may
+            // time out (nginx's send_timeout): asked again once the
+            // budget allows.
+            drop((resp, obj));
+            share = Some(wait_for_share(large_metadata, kib(size)).await?);
+            continue;
         }
-        drop(share.take());
-        match large_metadata.try_acquire_many(kib) {
-            Ok(permit) => break (Some(permit), resp, obj),
-            Err(TryAcquireError::NoPermits) => {
-                // Not waiting with the response unread, which a server may
-                // time out (nginx's send_timeout): asked again once the
-                // budget allows.
+        let mut received = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
+            url: url.clone(),
+            reason,
+        })? {
+            received += chunk.len() as u64;
+            if size.is_none()
+                && large(received)
+                && !take_share(large_metadata, kib(most), &mut share)?
+            {
                 drop((resp, obj));
-                share = Some(
-                    large_metadata
-                        .acquire_many(kib)
-                        .await
-                        .map_err(|e| Error::Local(e.to_string()))?,
-                );
+                share = Some(wait_for_share(large_metadata, kib(most)).await?);
+                continue 'ask;
             }
-            Err(TryAcquireError::Closed) => {
-                return Err(Error::Local("the fetch budget was closed".into()));
-            }
+            obj.feed_to(
+                &chunk,
+                sink.as_deref_mut().map(|s| s as &mut dyn PayloadSink),
+            )
+            .map_err(bad)?;
         }
-    };
-    while let Some(chunk) = resp.chunk().await.map_err(|reason| Error::Http {
-        url: url.clone(),
-        reason,
-    })? {
-        obj.feed_to(
-            &chunk,
-            sink.as_deref_mut().map(|s| s as &mut dyn PayloadSink),
-        )
-        .map_err(bad)?;
+        return obj.finish().map_err(bad);
     }
-    obj.finish().map_err(bad)
+}
+
+/// Makes `share` at least `kib` of `budget` if that is free now; false if
+/// it is not (then `share` holds nothing).
+fn take_share<'b>(
+    budget: &'b Semaphore,
+    kib: u32,
+    share: &mut Option<tokio::sync::SemaphorePermit<'b>>,
+) -> Result<bool, Error> {
+    if share
+        .as_ref()
+        .is_some_and(|s| s.num_permits() >= kib as usize)
+    {
+        return Ok(true);
+    }
+    drop(share.take());
+    match budget.try_acquire_many(kib) {
+        Ok(permit) => {
+            *share = Some(permit);
+            Ok(true)
+        }
+        Err(TryAcquireError::NoPermits) => Ok(false),
+        Err(TryAcquireError::Closed) => Err(Error::Local("the fetch budget was closed".into())),
+    }
+}
+
+async fn wait_for_share(
+    budget: &Semaphore,
+    kib: u32,
+) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+    budget
+        .acquire_many(kib)
+        .await
+        .map_err(|e| Error::Local(e.to_string()))
 }
 
 /// Where pulled objects are kept: `$XDG_CACHE_HOME/depot/<url hash>`.
@@ -867,11 +906,12 @@ pub fn pull(
         // none) and before anything is published.
         let partial = repo.path().join(format!("state/{commit}.commitpartial"));
         let complete = repo.has_object(&commit_name) && !partial.exists();
+        // A size of 0 in the summary means unknown, as to ostree.
+        let commit_limit = commit_size
+            .filter(|&size| size != 0)
+            .unwrap_or(MAX_METADATA_SIZE);
         fetcher
-            .fetch_all(vec![(
-                commit_name,
-                Some(commit_size.unwrap_or(MAX_METADATA_SIZE)),
-            )])
+            .fetch_all(vec![(commit_name, Some(commit_limit))])
             .await?;
         if !complete {
             std::fs::File::create(&partial)

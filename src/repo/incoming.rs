@@ -1,6 +1,7 @@
 //! Objects arriving from an untrusted pusher, verified as they stream.
 //!
-//! A metadata object is buffered (capped by [`max_pushed_metadata`]),
+//! A metadata object is buffered (capped by [`max_pushed_metadata`], or
+//! [`max_fetched_metadata`] for a pull),
 //! hashed, and parsed strictly (normal form, structure, sorting). A `.filez`
 //! is written to staging as it arrives while its header is parsed and its
 //! deflate stream inflated and hashed; at the end its size, its checksum and
@@ -14,6 +15,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 use sha2::{Digest, Sha256};
 
 use crate::checksum::Checksum;
+use crate::gvariant;
 use crate::object::{
     self, FileHeader, MAX_FILEZ_HEADER, ObjectName, ObjectType, content_checksum_prefix,
     parse_filez_header,
@@ -34,6 +36,27 @@ pub fn max_pushed_metadata(kind: ObjectType) -> u64 {
         _ => 1024 * 1024,
     }
 }
+
+/// The largest metadata object of each kind a pull fetches: what `ostree
+/// pull` reads (`OSTREE_MAX_METADATA_SIZE`, ostree-core.h), as a repository
+/// ostree wrote may hold directories of hundreds of thousands of entries or
+/// a commit with megabytes of metadata (`ostree.sizes`). A dirtree decodes
+/// to a few values per entry of 34 bytes or more; the other kinds, which
+/// can hold arbitrary values, are checked for that over the push limits
+/// (see [`FETCHED_BYTES_PER_VALUE`]).
+pub fn max_fetched_metadata(_kind: ObjectType) -> u64 {
+    object::MAX_METADATA_SIZE
+}
+
+/// Fetched metadata that can hold arbitrary values (a commit, a dirmeta),
+/// when larger than [`max_pushed_metadata`] allows, must decode to at most
+/// one value per this many bytes. Each value takes 48 bytes decoded, so such
+/// an object costs at most about 6 times its size to check (an array of a
+/// million booleans would take 48 times). Real large metadata is far
+/// sparser: `ostree.sizes` holds one value per 40 bytes or so; rpm-ostree's
+/// package list, denser (one per 6.5 bytes), stays far below the 1 MiB over
+/// which this applies.
+pub const FETCHED_BYTES_PER_VALUE: usize = 8;
 
 /// Why a pushed object was refused.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +147,12 @@ struct Body {
 pub struct IncomingObject<'t> {
     tx: &'t Transaction,
     name: ObjectName,
-    declared: u64,
+    /// The stored size announced, if any (a response without a length).
+    declared: Option<u64>,
+    /// The most stored bytes taken when no size was announced.
+    limit: u64,
+    /// Fetched, not pushed: see [`FETCHED_BYTES_PER_VALUE`].
+    fetched: bool,
     received: u64,
     max_content: u64,
     state: State,
@@ -147,6 +175,22 @@ fn invalid(name: ObjectName, reason: impl Into<String>) -> Error {
     })
 }
 
+impl Transaction {
+    /// Like [`Transaction::begin_object`] for an object a pull fetches from
+    /// a repository: metadata may be as large as ostree reads it (128 MiB,
+    /// with a check of how many values it holds), and `size` is `None` when
+    /// the server sent no length (chunked, or HTTP/2 without one): then the
+    /// object is refused once more than its limit has arrived.
+    pub fn begin_pulled_object(
+        &self,
+        name: ObjectName,
+        size: Option<u64>,
+        max_size: u64,
+    ) -> Result<IncomingObject<'_>, Error> {
+        IncomingObject::start(self, name, size, max_size, max_fetched_metadata, true)
+    }
+}
+
 impl<'t> IncomingObject<'t> {
     /// Starts receiving `name`, whose stored form is `declared` bytes; its
     /// stored and content sizes may not exceed `max_size`, nor a metadata
@@ -158,6 +202,17 @@ impl<'t> IncomingObject<'t> {
         max_size: u64,
         metadata_limit: fn(ObjectType) -> u64,
     ) -> Result<Self, Error> {
+        Self::start(tx, name, Some(declared), max_size, metadata_limit, false)
+    }
+
+    fn start(
+        tx: &'t Transaction,
+        name: ObjectName,
+        declared: Option<u64>,
+        max_size: u64,
+        metadata_limit: fn(ObjectType) -> u64,
+        fetched: bool,
+    ) -> Result<Self, Error> {
         let limit = match name.kind {
             ObjectType::File => max_size,
             ObjectType::TombstoneCommit => {
@@ -165,12 +220,8 @@ impl<'t> IncomingObject<'t> {
             }
             kind => max_size.min(metadata_limit(kind)),
         };
-        if declared > limit {
-            return Err(Error::Rejected(Rejected::TooLarge {
-                name,
-                size: declared,
-                limit,
-            }));
+        if let Some(size) = declared.filter(|&size| size > limit) {
+            return Err(Error::Rejected(Rejected::TooLarge { name, size, limit }));
         }
         let state = if name.kind == ObjectType::File {
             let staging = tx.create_staging_file(&name)?;
@@ -182,13 +233,15 @@ impl<'t> IncomingObject<'t> {
             }))
         } else {
             State::Metadata(Vec::with_capacity(
-                usize::try_from(declared.min(64 * 1024)).unwrap_or(0),
+                usize::try_from(declared.unwrap_or(0).min(64 * 1024)).unwrap_or(0),
             ))
         };
         Ok(IncomingObject {
             tx,
             name,
             declared,
+            limit,
+            fetched,
             received: 0,
             max_content: max_size,
             state,
@@ -210,12 +263,24 @@ impl<'t> IncomingObject<'t> {
         sink: Option<&mut dyn PayloadSink>,
     ) -> Result<(), Error> {
         self.received += data.len() as u64;
-        if self.received > self.declared {
-            return Err(Error::Rejected(Rejected::SizeMismatch {
-                name: self.name,
-                declared: self.declared,
-                actual: self.received,
-            }));
+        match self.declared {
+            Some(declared) if self.received > declared => {
+                return Err(Error::Rejected(Rejected::SizeMismatch {
+                    name: self.name,
+                    declared,
+                    actual: self.received,
+                }));
+            }
+            None if self.received > self.limit => {
+                return Err(invalid(
+                    self.name,
+                    format!(
+                        "more than the {}-byte limit arrived (sent without a length)",
+                        self.limit
+                    ),
+                ));
+            }
+            _ => {}
         }
         let name = self.name;
         let max_content = self.max_content;
@@ -236,10 +301,10 @@ impl<'t> IncomingObject<'t> {
     /// Checks the object whole and stages it under its name.
     pub fn finish(self) -> Result<(), Error> {
         let name = self.name;
-        if self.received != self.declared {
+        if let Some(declared) = self.declared.filter(|&d| d != self.received) {
             return Err(Error::Rejected(Rejected::SizeMismatch {
                 name,
-                declared: self.declared,
+                declared,
                 actual: self.received,
             }));
         }
@@ -250,6 +315,12 @@ impl<'t> IncomingObject<'t> {
                     if actual != name.checksum {
                         return Err(Error::Rejected(Rejected::ChecksumMismatch { name, actual }));
                     }
+                }
+                if self.fetched
+                    && name.kind != ObjectType::DirTree
+                    && buf.len() as u64 > max_pushed_metadata(name.kind)
+                {
+                    sparse_enough(name, &buf)?;
                 }
                 object::validate_metadata(name.kind, &buf)
                     .map_err(|e| invalid(name, crate::error_chain(&e)))?;
@@ -291,6 +362,32 @@ impl<'t> IncomingObject<'t> {
                 }
             }
         }
+    }
+}
+
+/// Checks that fetched metadata `buf` of `name` decodes within one value per
+/// [`FETCHED_BYTES_PER_VALUE`] bytes, before it is decoded in full.
+fn sparse_enough(name: ObjectName, buf: &[u8]) -> Result<(), Error> {
+    // The types of `object`'s parsers.
+    let ty = match name.kind {
+        ObjectType::Commit => "(a{sv}aya(say)sstayay)",
+        ObjectType::DirMeta => "(uuua(ayay))",
+        _ => "a{sv}",
+    };
+    let ty = gvariant::Type::parse(ty).expect("a valid type string");
+    let units = buf.len() / FETCHED_BYTES_PER_VALUE + 1024;
+    match gvariant::from_normal_bytes_within(&ty, buf, units) {
+        Err(gvariant::DecodeError::TooExpensive) => Err(invalid(
+            name,
+            format!(
+                "it holds more than one value per {FETCHED_BYTES_PER_VALUE} bytes, more than \
+                 depot decodes in a {} larger than {} bytes",
+                name.kind.extension(),
+                max_pushed_metadata(name.kind)
+            ),
+        )),
+        // Anything else wrong is for the full check to say.
+        _ => Ok(()),
     }
 }
 

@@ -724,7 +724,16 @@ fn publish_as_ref(
     root: depot::checksum::Checksum,
     meta: depot::checksum::Checksum,
 ) {
-    let commit = depot::object::Commit {
+    publish_commit_as_ref(tx, path, name, &crafted_commit(name, root, meta));
+}
+
+/// A commit of the tree `root` (with dirmeta `meta`) without metadata.
+fn crafted_commit(
+    name: &str,
+    root: depot::checksum::Checksum,
+    meta: depot::checksum::Checksum,
+) -> depot::object::Commit {
+    depot::object::Commit {
         metadata: Vec::new(),
         parent: None,
         related: Vec::new(),
@@ -733,13 +742,23 @@ fn publish_as_ref(
         timestamp: 1,
         root_tree: root,
         root_meta: meta,
-    };
+    }
+}
+
+/// [`publish_as_ref`] for a commit made by the caller; returns its checksum.
+fn publish_commit_as_ref(
+    tx: depot::repo::Transaction,
+    path: &Path,
+    name: &str,
+    commit: &depot::object::Commit,
+) -> String {
     let commit = tx
         .write_metadata(depot::object::ObjectType::Commit, &commit.to_bytes())
         .expect("stage");
     tx.publish_unsynced().expect("publish");
     fs::write(path.join("refs/heads").join(name), format!("{commit}\n")).expect("ref");
     let _ = fs::remove_file(path.join("summary"));
+    commit.to_string()
 }
 
 /// Writes a content object into the repository at `path`: `payload` with
@@ -1276,4 +1295,189 @@ fn a_symlink_object_with_an_empty_compressed_stream_is_checked_out_as_ostree_doe
         .args(["checkout", "-U", "origin:main"])
         .arg(&ostree_co));
     assert_same_tree(&ostree_co, &dest, OSTREE_USER_MODE);
+}
+
+#[test]
+fn metadata_as_large_as_ostree_pulls_is_pulled_and_a_summary_size_of_zero_means_unknown() {
+    use depot::gvariant::{Type, Value};
+    use depot::object::{DirMeta, DirTree, FileName, ObjectType, SubdirEntry, Xattrs};
+    let tmp = tempdir();
+    let path = tmp.path().join("repo");
+    let repo = depot::repo::Repo::init(&path).expect("init");
+    let hello = put_content(&path, &regular_file(), b"hello\n", &[]);
+    // A dirmeta of 100 KiB (two xattrs) and a commit of 1.5 MiB (one string
+    // of metadata): over what depot-receive takes from a pusher (64 KiB and
+    // 1 MiB), under ostree's 128 MiB.
+    let tx = repo.begin().expect("begin");
+    let meta = stage_plain_dirmeta(&tx);
+    let big_meta = DirMeta {
+        uid: 0,
+        gid: 0,
+        mode: 0o40755,
+        xattrs: Xattrs::from_pairs(
+            ["user.big1", "user.big2"].map(|n| (n.as_bytes().to_vec(), vec![b'x'; 50 * 1024])),
+        ),
+    };
+    let big_meta = tx
+        .write_metadata(ObjectType::DirMeta, &big_meta.to_bytes())
+        .expect("stage");
+    let put = |tree: DirTree| {
+        tx.write_metadata(ObjectType::DirTree, &tree.to_bytes())
+            .expect("stage")
+    };
+    let sub =
+        put(DirTree::new(vec![(FileName::new("f").expect("name"), hello)], vec![]).expect("tree"));
+    let dirs = vec![SubdirEntry {
+        name: FileName::new("d").expect("name"),
+        tree: sub,
+        meta: big_meta,
+    }];
+    let root = put(DirTree::new(vec![], dirs).expect("tree"));
+    let mut commit = crafted_commit("big", root, meta);
+    commit.metadata = vec![("big".into(), Value::string("x".repeat(1536 * 1024)))];
+    let big = publish_commit_as_ref(tx, &path, "big", &commit);
+    // Two million booleans: more values than depot decodes for their size.
+    let tx = repo.begin().expect("begin");
+    let mut commit = crafted_commit("dense", root, meta);
+    commit.metadata = vec![(
+        "dense".into(),
+        Value::Array(Type::Bool, vec![Value::Bool(false); 2 << 20]),
+    )];
+    let dense = publish_commit_as_ref(tx, &path, "dense", &commit);
+
+    // Without a summary, and so without the commit's size.
+    let url = format!("file://{}", path.display());
+    let dest = tmp.path().join("co");
+    ok(pull(&url, "big", &tmp.path().join("cache")).arg(&dest));
+    assert_eq!(fs::read(dest.join("d/f")).expect("read"), b"hello\n");
+    let client = ostree_client(&tmp.path().join("client"), "archive", &url);
+    ok(ostree_in(&client).args(["pull", "origin", "big"]));
+    let pulled = fs::read_to_string(client.join("refs/remotes/origin/big")).expect("ref");
+    assert_eq!(pulled.trim(), big);
+    let err = fails(pull(&url, "dense", &tmp.path().join("cache")).arg(tmp.path().join("co2")));
+    assert!(
+        err.contains(&format!(
+            "{url}/objects/{}/{}.commit",
+            &dense[..2],
+            &dense[2..]
+        )) && err.contains("more than one value per 8 bytes"),
+        "{err}"
+    );
+
+    // A summary giving the commit's size as 0, which ostree takes as
+    // unknown: "big\0", padding to 8, then the size.
+    ok(Command::new(env!("CARGO_BIN_EXE_depot-summary"))
+        .arg("--repo")
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state")));
+    let summary = path.join("summary");
+    let mut s = fs::read(&summary).expect("summary");
+    assert_eq!(&s[..4], b"big\0");
+    s[8..16].copy_from_slice(&0u64.to_le_bytes());
+    fs::write(&summary, &s).expect("write");
+    let dest = tmp.path().join("co3");
+    ok(pull(&url, "big", &tmp.path().join("cache3")).arg(&dest));
+    assert_eq!(fs::read(dest.join("d/f")).expect("read"), b"hello\n");
+    let client = ostree_client(&tmp.path().join("client3"), "archive", &url);
+    ok(ostree_in(&client).args(["pull", "origin", "big"]));
+}
+
+#[test]
+fn responses_without_a_length_are_taken_and_held_to_the_same_limits() {
+    use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
+    let tmp = tempdir();
+    let (path, tree) = served_repo(tmp.path());
+    // A directory of 40,000 names for one file: a dirtree of 1.7 MB, which
+    // is fetched only with its share of the budget for large metadata.
+    let repo = depot::repo::Repo::open(&path).expect("open");
+    let hello = put_content(&path, &regular_file(), b"hello\n", &[]);
+    let tx = repo.begin().expect("begin");
+    let files = (0..40_000)
+        .map(|i| (FileName::new(&format!("f{i:05}")).expect("name"), hello))
+        .collect();
+    let wide = DirTree::new(files, vec![]).expect("tree").to_bytes();
+    assert!(wide.len() > 1 << 20, "{}", wide.len());
+    let wide = tx
+        .write_metadata(ObjectType::DirTree, &wide)
+        .expect("stage");
+    let meta = stage_plain_dirmeta(&tx);
+    let dirs = vec![SubdirEntry {
+        name: FileName::new("big").expect("name"),
+        tree: wide,
+        meta,
+    }];
+    let root = DirTree::new(vec![], dirs).expect("tree").to_bytes();
+    let root = tx
+        .write_metadata(ObjectType::DirTree, &root)
+        .expect("stage");
+    publish_as_ref(tx, &path, "wide", root, meta);
+    ok(Command::new(env!("CARGO_BIN_EXE_depot-summary"))
+        .arg("--repo")
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state")));
+    // Serves the repository, every object chunked, without Content-Length.
+    let script = tmp.path().join("chunked.py");
+    fs::write(
+        &script,
+        r#"
+import http.server, os, sys, functools
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        path = self.translate_path(self.path)
+        if not self.path.startswith("/objects/") or not os.path.isfile(path):
+            return super().do_GET()
+        data = open(path, "rb").read()
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(data), 65536):
+            chunk = data[i : i + 65536]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+    def log_message(self, *a):
+        pass
+h = functools.partial(H, directory=sys.argv[2])
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), h).serve_forever()
+"#,
+    )
+    .expect("script");
+    let (mut server, port, _) = python_server(&script, &[path.as_os_str()]);
+    let url = format!("http://127.0.0.1:{port}");
+    let cache = tmp.path().join("cache");
+    let dest = tmp.path().join("co");
+    let pulled = run(pull(&url, "proj/x", &cache).arg(&dest));
+    let out = tmp.path().join("one");
+    let one = run(pull(&url, "wide", &cache)
+        .args(["--path", "/big/f39999", "-o"])
+        .arg(&out));
+    // A summary that understates the commit's size: the commit, sent
+    // without a length, is refused once more than that has arrived.
+    let summary = path.join("summary");
+    let mut s = fs::read(&summary).expect("summary");
+    assert_eq!(&s[..7], b"proj/x\0");
+    s[8..16].copy_from_slice(&10u64.to_le_bytes());
+    fs::write(&summary, &s).expect("write");
+    let refused = run(pull(&url, "proj/x", &tmp.path().join("cache2")).arg(tmp.path().join("co2")));
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    assert_same_tree(&tree, &dest, depot_default(tmp.path()));
+    assert!(one.status.success(), "{}", text(&one));
+    assert_eq!(fs::read(&out).expect("read"), b"hello\n");
+    let err = text(&refused);
+    let commit = read_ref(&path, "proj/x");
+    assert!(
+        !refused.status.success()
+            && err.contains(&format!(
+                "{url}/objects/{}/{}.commit",
+                &commit[..2],
+                &commit[2..]
+            ))
+            && err.contains("more than the 10-byte limit arrived"),
+        "{err}"
+    );
 }

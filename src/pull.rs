@@ -624,21 +624,19 @@ impl Fetcher {
         self.run(jobs).await
     }
 
-    /// Fetches content objects straight into their places in `checkout`
-    /// while they are staged in the cache.
-    async fn fetch_into(
-        &self,
-        files: &[(Checksum, Vec<PathBuf>)],
-        checkout: &Arc<Checkout>,
-    ) -> Result<(), Error> {
-        let jobs = files.iter().map(|(checksum, paths)| {
+    /// Fetches the content objects `files` (indices into
+    /// [`Checkout::files`]) straight into their places in `checkout` while
+    /// they are staged in the cache.
+    async fn fetch_into(&self, files: &[usize], checkout: &Arc<Checkout>) -> Result<(), Error> {
+        let jobs = files.iter().map(|&i| {
             let (remote, tx) = (self.remote.clone(), Arc::clone(&self.tx));
             let large_metadata = Arc::clone(&self.large_metadata);
-            let (checkout, paths) = (Arc::clone(checkout), paths.clone());
-            let name = ObjectName::new(*checksum, ObjectType::File);
+            // The paths stay in the checkout: one object may have millions.
+            let checkout = Arc::clone(checkout);
+            let name = ObjectName::new(checkout.files()[i].0, ObjectType::File);
             let limit = self.max_object_size;
             async move {
-                let mut sink = checkout.sink(&paths);
+                let mut sink = checkout.sink(&checkout.files()[i].1);
                 let also_to = Some(&mut sink as &mut (dyn PayloadSink + Send));
                 fetch_one(&remote, &tx, name, limit, &large_metadata, also_to).await?;
                 Ok(sink.finish()?)
@@ -1058,7 +1056,9 @@ async fn pull_checkout(
     };
     let filled = match fill_checkout(fetcher, repo, root_tree, root_meta, dir).await {
         Err(Error::Read(read::Error::TooDeep { path })) => Err(too_deep(&path)),
-        Err(Error::Read(e @ read::Error::TooManyEntries { .. })) => Err(Error::Invalid {
+        Err(Error::Read(
+            e @ (read::Error::TooManyEntries { .. } | read::Error::PathsTooLong { .. }),
+        )) => Err(Error::Invalid {
             url: commit_url.clone(),
             reason: format!("commit {commit_id}: {e}"),
         }),
@@ -1188,22 +1188,21 @@ async fn fill_checkout(
     dir: &Path,
 ) -> Result<CheckoutStats, Error> {
     let checkout = Checkout::prepare(repo, root_tree, root_meta, dir, CheckoutOptions::default())?;
-    let (cached, mut missing): (Vec<_>, Vec<_>) = checkout
-        .files()
-        .iter()
-        .cloned()
-        .partition(|(c, _)| repo.has_object(&ObjectName::new(*c, ObjectType::File)));
+    // Indices, not copies: the paths can take hundreds of megabytes.
+    let (cached, mut missing): (Vec<usize>, Vec<usize>) = (0..checkout.files().len())
+        .partition(|&i| repo.has_object(&ObjectName::new(checkout.files()[i].0, ObjectType::File)));
     // A cached object that fails verification is dropped and fetched again,
     // so a damaged cache mends itself instead of failing every pull.
     let damaged = std::sync::Mutex::new(Vec::new());
-    cached.par_iter().try_for_each(|(c, paths)| {
+    cached.par_iter().try_for_each(|&i| {
+        let (c, paths) = &checkout.files()[i];
         match checkout.write_from_repo(repo, c, paths) {
             Err(read::Error::Repo(e @ repo::Error::CorruptObject { name, .. })) => {
                 drop_damaged(repo, &name, &e);
                 damaged
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push((*c, paths.clone()));
+                    .push(i);
                 Ok(())
             }
             other => other,

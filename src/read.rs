@@ -71,6 +71,19 @@ pub enum Error {
         /// Its entries, counted up to just past the limit.
         entries: u64,
     },
+    /// A tree whose paths, all held while it is checked out, are too long.
+    #[error(
+        "the paths of the files and directories of tree {tree} come to more than {} MiB \
+         (counted up to {bytes} bytes), the limit for one checkout, which holds every path \
+         in memory; nothing was written",
+        MAX_CHECKOUT_PATH_BYTES >> 20
+    )]
+    PathsTooLong {
+        /// The root dirtree.
+        tree: Checksum,
+        /// The bytes of its paths, counted up to just past the limit.
+        bytes: u64,
+    },
     /// Checkout into a directory that is not empty.
     #[error("{path} already exists and is not empty; check out into a new directory")]
     DestinationExists {
@@ -89,47 +102,87 @@ pub const MAX_TREE_DEPTH: usize = 256;
 /// ostree has no such limit.
 pub const MAX_CHECKOUT_ENTRIES: u64 = 10_000_000;
 
-/// How many files, symlinks and directories the tree `tree` holds, below it
-/// and counting it; each distinct dirtree is read once. Stops counting past
-/// [`MAX_CHECKOUT_ENTRIES`]. A tree nested deeper than [`MAX_TREE_DEPTH`]
-/// fails here, before a checkout creates anything.
-pub fn expanded_entries(repo: &Repo, tree: &Checksum) -> Result<u64, Error> {
-    /// The entries below `tree` and counting it, and how deep its deepest
-    /// directory is below it. A subtree met again is not read again, but
-    /// its depth is checked again: it may be deeper this time.
+/// The most bytes of paths (the destination's included) one checkout holds.
+/// ostree's checkout streams through the tree and holds no list; depot's
+/// keeps every path until the files are placed, so repeated subtrees under
+/// long names (10 levels of two 250-byte names over 1,000 files: a 444 KB
+/// repository) would otherwise take gigabytes. A million files with paths
+/// of 250 bytes fit.
+pub const MAX_CHECKOUT_PATH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How large a tree is once checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeSize {
+    /// Its files, symlinks and directories, counting its root.
+    pub entries: u64,
+    /// The lengths of their paths relative to the root (`a`, `a/b`), added.
+    pub path_bytes: u64,
+}
+
+impl TreeSize {
+    /// The bytes of every path when checked out at `dest` (the root's too).
+    pub fn path_bytes_at(&self, dest: &Path) -> u64 {
+        let prefix = dest.as_os_str().len() as u64;
+        self.entries
+            .saturating_sub(1)
+            .saturating_mul(prefix + 1)
+            .saturating_add(prefix)
+            .saturating_add(self.path_bytes)
+    }
+}
+
+/// How large the tree `tree` is (see [`TreeSize`]); each distinct dirtree
+/// is read once. Stops counting past [`MAX_CHECKOUT_ENTRIES`] entries or
+/// [`MAX_CHECKOUT_PATH_BYTES`] bytes. A tree nested deeper than
+/// [`MAX_TREE_DEPTH`] fails here, before a checkout creates anything.
+pub fn expanded_size(repo: &Repo, tree: &Checksum) -> Result<TreeSize, Error> {
+    /// The size of `tree`, and how deep its deepest directory is below it.
+    /// A subtree met again is not read again, but its depth is checked
+    /// again: it may be deeper this time.
     fn count(
         repo: &Repo,
         tree: &Checksum,
         depth: usize,
-        known: &mut HashMap<Checksum, (u64, usize)>,
-    ) -> Result<(u64, usize), Error> {
+        known: &mut HashMap<Checksum, (TreeSize, usize)>,
+    ) -> Result<(TreeSize, usize), Error> {
         let too_deep = || Error::TooDeep {
             path: format!("a path below dirtree {tree}"),
         };
-        if let Some(&(n, height)) = known.get(tree) {
+        if let Some(&(size, height)) = known.get(tree) {
             if depth + height > MAX_TREE_DEPTH {
                 return Err(too_deep());
             }
-            return Ok((n, height));
+            return Ok((size, height));
         }
         if depth > MAX_TREE_DEPTH {
             return Err(too_deep());
         }
         let t = repo.load_dirtree(tree)?;
-        let mut n = 1 + t.files().len() as u64;
+        let mut size = TreeSize {
+            entries: 1 + t.files().len() as u64,
+            path_bytes: t.files().iter().map(|(n, _)| n.as_str().len() as u64).sum(),
+        };
         let mut height = 0;
         for d in t.dirs() {
             let (below, below_height) = count(repo, &d.tree, depth + 1, known)?;
-            n = n.saturating_add(below);
+            // The directory's own path, then its name and a slash before
+            // each path below it.
+            let name = d.name.as_str().len() as u64;
+            size.path_bytes = size
+                .path_bytes
+                .saturating_add(name)
+                .saturating_add((below.entries - 1).saturating_mul(name + 1))
+                .saturating_add(below.path_bytes);
+            size.entries = size.entries.saturating_add(below.entries);
             height = height.max(below_height + 1);
-            if n > MAX_CHECKOUT_ENTRIES {
+            if size.entries > MAX_CHECKOUT_ENTRIES || size.path_bytes > MAX_CHECKOUT_PATH_BYTES {
                 break;
             }
         }
-        known.insert(*tree, (n, height));
-        Ok((n, height))
+        known.insert(*tree, (size, height));
+        Ok((size, height))
     }
-    count(repo, tree, 0, &mut HashMap::new()).map(|(n, _)| n)
+    count(repo, tree, 0, &mut HashMap::new()).map(|(size, _)| size)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -383,9 +436,16 @@ impl Checkout {
         dest: &Path,
         opts: CheckoutOptions,
     ) -> Result<Checkout, Error> {
-        let entries = expanded_entries(repo, &tree)?;
-        if entries > MAX_CHECKOUT_ENTRIES {
-            return Err(Error::TooManyEntries { tree, entries });
+        let size = expanded_size(repo, &tree)?;
+        if size.entries > MAX_CHECKOUT_ENTRIES {
+            return Err(Error::TooManyEntries {
+                tree,
+                entries: size.entries,
+            });
+        }
+        let bytes = size.path_bytes_at(dest);
+        if bytes > MAX_CHECKOUT_PATH_BYTES {
+            return Err(Error::PathsTooLong { tree, bytes });
         }
         match crate::destination(dest).map_err(io_err("read", dest))? {
             crate::Destination::NotEmpty => {
@@ -428,10 +488,10 @@ impl Checkout {
                     files.push((*c, Vec::new()));
                     files.len() - 1
                 });
-                files[at].1.push(path.join(name.as_str()));
+                files[at].1.push(child(&path, name.as_str()));
             }
             for d in t.dirs() {
-                stack.push((path.join(d.name.as_str()), d.tree, d.meta, depth + 1));
+                stack.push((child(&path, d.name.as_str()), d.tree, d.meta, depth + 1));
             }
             dirs.push((path, m));
         }
@@ -490,6 +550,15 @@ impl Checkout {
             xattrs_skipped: self.stats.xattrs_skipped.into_inner(),
         })
     }
+}
+
+/// `parent/name`, allocated once at its length: a checkout holds every
+/// path, and `Path::join` may leave up to twice the room.
+fn child(parent: &Path, name: &str) -> PathBuf {
+    let mut path = PathBuf::with_capacity(parent.as_os_str().len() + 1 + name.len());
+    path.push(parent);
+    path.push(name);
+    path
 }
 
 /// The most written to a checked-out file at once.

@@ -1205,6 +1205,62 @@ fn an_empty_current_directory_or_a_symlink_to_an_empty_directory_is_filled() {
 }
 
 #[test]
+fn a_tree_whose_paths_would_take_hundreds_of_megabytes_is_refused_before_anything_is_written() {
+    use depot::object::{DirTree, FileName, ObjectType, SubdirEntry};
+    let tmp = tempdir();
+    let path = tmp.path().join("repo");
+    let repo = depot::repo::Repo::init(&path).expect("init");
+    let empty = put_content(&path, &regular_file(), b"", &[]);
+    let tx = repo.begin().expect("begin");
+    let put = |tree: DirTree| {
+        tx.write_metadata(ObjectType::DirTree, &tree.to_bytes())
+            .expect("stage")
+    };
+    let meta = stage_plain_dirmeta(&tx);
+    let long = |c: &str, i: usize| FileName::new(&format!("{i}{}", c.repeat(249))).expect("name");
+    // Six files of 250-byte names under 14 levels of two 250-byte directory
+    // names: 98,304 files whose paths of some 3,800 bytes come to 370 MB,
+    // in 15 dirtrees.
+    let files = (0..6).map(|i| (long("f", i), empty)).collect();
+    let mut tree = put(DirTree::new(files, vec![]).expect("tree"));
+    for _ in 0..14 {
+        let dirs = (0..2)
+            .map(|i| SubdirEntry {
+                name: long("d", i),
+                tree,
+                meta,
+            })
+            .collect();
+        tree = put(DirTree::new(vec![], dirs).expect("tree"));
+    }
+    publish_as_ref(tx, &path, "long", tree, meta);
+    let commit = read_ref(&path, "long");
+
+    let url = format!("file://{}", path.display());
+    let dest = tmp.path().join("co");
+    let rss = tmp.path().join("rss");
+    let err = fails(
+        depot_timed(&rss)
+            .args(["pull", &url, "long", "--cache"])
+            .arg(tmp.path().join("cache"))
+            .arg(&dest),
+    );
+    assert!(
+        err.contains(&format!("{url}/objects/{}/", &commit[..2]))
+            && err.contains(&format!("commit {commit}: "))
+            && err.contains("more than 256 MiB"),
+        "{err}"
+    );
+    let peak = peak_kib(&rss);
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
+    assert!(!dest.exists());
+    assert_eq!(names_in(tmp.path()), ["cache", "repo", "rss"]);
+    let err = fails(depot_in("checkout", &path).arg("long").arg(&dest));
+    assert!(err.contains("more than 256 MiB"), "{err}");
+    assert!(!dest.exists());
+}
+
+#[test]
 fn listing_pages_full_of_what_cannot_be_refs_take_little_memory() {
     let tmp = tempdir();
     // No summary. refs/heads/ holds the ref `main` and a directory three

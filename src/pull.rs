@@ -19,7 +19,7 @@
 //! every object in it has been verified.
 
 use std::collections::HashSet;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1050,11 +1050,14 @@ async fn pull_checkout(
     }
     checkpoint(fetcher, repo)?;
     tracing::debug!("directories fetched");
-    let dir = match &building {
-        Building::Beside(locked, _) => locked.path(),
-        Building::InPlace => dest,
+    // An existing DEST keeps its mode and xattrs, as `ostree checkout
+    // --union` leaves them: the server's root dirmeta is for a directory
+    // the pull makes.
+    let (dir, made_root) = match &building {
+        Building::Beside(locked, _, old_mode) => (locked.path(), old_mode.is_none()),
+        Building::InPlace => (dest, false),
     };
-    let filled = match fill_checkout(fetcher, repo, root_tree, root_meta, dir).await {
+    let filled = match fill_checkout(fetcher, repo, root_tree, root_meta, dir, made_root).await {
         Err(Error::Read(read::Error::TooDeep { path })) => Err(too_deep(&path)),
         Err(Error::Read(
             e @ (read::Error::TooManyEntries { .. } | read::Error::PathsTooLong { .. }),
@@ -1066,7 +1069,16 @@ async fn pull_checkout(
     };
     match filled {
         Ok(stats) => {
-            if let Building::Beside(locked, target) = building {
+            if let Building::Beside(locked, target, old_mode) = building {
+                if let Some(mode) = old_mode {
+                    std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| {
+                            Error::Local(format!(
+                                "give the checkout the mode of {}: {e}",
+                                dest.display()
+                            ))
+                        })?;
+                }
                 locked.rename_to(&target).map_err(|e| {
                     Error::Local(format!(
                         "move the finished checkout to {}: {e}",
@@ -1088,8 +1100,9 @@ async fn pull_checkout(
 /// Where a checkout is built.
 enum Building {
     /// In a hidden sibling of the destination, removed unless renamed to
-    /// it (the path given: replacing it when it is an empty directory).
-    Beside(repo::LockedDir, PathBuf),
+    /// it (the path given: replacing it when it is an empty directory,
+    /// whose permission bits, given last, the sibling takes).
+    Beside(repo::LockedDir, PathBuf, Option<u32>),
     /// In the destination, an empty directory that is a mount point, a
     /// symlink, `.` or `..`, or whose parent cannot be written: where a
     /// killed pull leaves files.
@@ -1150,14 +1163,21 @@ fn checkout_target(dest: &Path) -> Result<Building, Error> {
             Ok(Building::InPlace)
         }
         crate::Destination::Empty => {
+            let mode = std::fs::metadata(&target)
+                .map_err(|e| Error::Local(format!("read {}: {e}", dest.display())))?
+                .mode()
+                & 0o7777;
             repo::clean_abandoned(parent, &prefix);
-            Ok(repo::LockedDir::create(parent, &prefix, 0o700)
-                .map_or(Building::InPlace, |dir| Building::Beside(dir, target)))
+            Ok(
+                repo::LockedDir::create(parent, &prefix, 0o700).map_or(Building::InPlace, |dir| {
+                    Building::Beside(dir, target, Some(mode))
+                }),
+            )
         }
         _ => {
             repo::clean_abandoned(parent, &prefix);
             let dir = repo::LockedDir::create(parent, &prefix, 0o700)?;
-            Ok(Building::Beside(dir, target))
+            Ok(Building::Beside(dir, target, None))
         }
     }
 }
@@ -1180,14 +1200,21 @@ fn empty_again(dest: &Path) {
     }
 }
 
+/// Checks out the tree into `dir`, which exists; `made_root` when the pull
+/// made it (then it gets the tree's mode and xattrs; else it keeps its own).
 async fn fill_checkout(
     fetcher: &mut Fetcher,
     repo: &Repo,
     root_tree: Checksum,
     root_meta: Checksum,
     dir: &Path,
+    made_root: bool,
 ) -> Result<CheckoutStats, Error> {
-    let checkout = Checkout::prepare(repo, root_tree, root_meta, dir, CheckoutOptions::default())?;
+    let mut checkout =
+        Checkout::prepare(repo, root_tree, root_meta, dir, CheckoutOptions::default())?;
+    if made_root {
+        checkout.made_root();
+    }
     // Indices, not copies: the paths can take hundreds of megabytes.
     let (cached, mut missing): (Vec<usize>, Vec<usize>) = (0..checkout.files().len())
         .partition(|&i| repo.has_object(&ObjectName::new(checkout.files()[i].0, ObjectType::File)));

@@ -421,6 +421,9 @@ pub struct Checkout {
     dirs: Vec<(PathBuf, DirMeta)>,
     /// The paths of every content object, in the order first met.
     files: Vec<(Checksum, Vec<PathBuf>)>,
+    /// The root existed before: someone's directory, whose mode and xattrs
+    /// are left as they are (as `ostree checkout --union` leaves them).
+    keep_root: bool,
     stats: Counters,
 }
 
@@ -447,20 +450,21 @@ impl Checkout {
         if bytes > MAX_CHECKOUT_PATH_BYTES {
             return Err(Error::PathsTooLong { tree, bytes });
         }
-        match crate::destination(dest).map_err(io_err("read", dest))? {
+        let keep_root = match crate::destination(dest).map_err(io_err("read", dest))? {
             crate::Destination::NotEmpty => {
                 return Err(Error::DestinationExists {
                     path: dest.to_path_buf(),
                 });
             }
-            crate::Destination::Empty => {}
+            crate::Destination::Empty => true,
             crate::Destination::Missing => {
                 fs::DirBuilder::new()
                     .mode(0o700)
                     .create(dest)
                     .map_err(io_err("create directory", dest))?;
+                false
             }
-        }
+        };
         let mut dirs: Vec<(PathBuf, DirMeta)> = Vec::new();
         let mut files: Vec<(Checksum, Vec<PathBuf>)> = Vec::new();
         let mut index: HashMap<Checksum, usize> = HashMap::new();
@@ -499,8 +503,16 @@ impl Checkout {
             opts,
             dirs,
             files,
+            keep_root,
             stats: Counters::default(),
         })
+    }
+
+    /// Has [`finish`](Checkout::finish) give the root the tree's mode and
+    /// xattrs although it existed before [`prepare`](Checkout::prepare):
+    /// for a directory the caller made for this checkout alone.
+    pub fn made_root(&mut self) {
+        self.keep_root = false;
     }
 
     /// Every content object and the paths it goes to.
@@ -535,9 +547,12 @@ impl Checkout {
     }
 
     /// Gives the directories their modes and xattrs, deepest first, so that
-    /// a read-only directory is made read-only only after it is filled.
+    /// a read-only directory is made read-only only after it is filled; the
+    /// root only when the checkout made it.
     pub fn finish(self) -> Result<CheckoutStats, Error> {
-        for (path, meta) in self.dirs.iter().rev() {
+        // The root comes first in `dirs`.
+        let skip = usize::from(self.keep_root);
+        for (path, meta) in self.dirs.iter().skip(skip).rev() {
             set_xattrs(path, &meta.xattrs, &self.stats, self.opts);
             fs::set_permissions(path, fs::Permissions::from_mode(self.opts.mode(meta.mode)))
                 .map_err(io_err("chmod", path))?;

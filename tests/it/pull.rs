@@ -1311,6 +1311,78 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 }
 
 #[test]
+fn an_existing_destination_keeps_its_mode_and_xattrs_as_with_ostree_checkout_union() {
+    use depot::object::{DirMeta, DirTree, FileName, ObjectType, Xattrs};
+    let tmp = tempdir();
+    let path = tmp.path().join("repo");
+    let repo = depot::repo::Repo::init(&path).expect("init");
+    let hello = put_content(&path, &regular_file(), b"hello\n", &[]);
+    let tx = repo.begin().expect("begin");
+    // A world-writable, sticky root with an xattr: what no existing
+    // directory of the user's should become.
+    let root_meta = DirMeta {
+        uid: 0,
+        gid: 0,
+        mode: 0o41777,
+        xattrs: Xattrs::from_pairs([(b"user.server".to_vec(), b"was here".to_vec())]),
+    };
+    let meta = tx
+        .write_metadata(ObjectType::DirMeta, &root_meta.to_bytes())
+        .expect("stage");
+    let files = vec![(FileName::new("f").expect("name"), hello)];
+    let tree = DirTree::new(files, vec![]).expect("tree").to_bytes();
+    let tree = tx
+        .write_metadata(ObjectType::DirTree, &tree)
+        .expect("stage");
+    publish_as_ref(tx, &path, "main", tree, meta);
+
+    let url = format!("file://{}", path.display());
+    let cache = tmp.path().join("cache");
+    let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    let mkdir = |name: &str| {
+        let dir = tmp.path().join(name);
+        fs::create_dir(&dir).expect("mkdir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).expect("chmod");
+        dir
+    };
+    // Filled in place: the working directory, and one behind a symlink.
+    let cwd = mkdir("cwd");
+    ok(pull(&url, "main", &cache).arg(".").current_dir(&cwd));
+    let linked = mkdir("linked");
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&linked, &link).expect("symlink");
+    ok(pull(&url, "main", &cache).arg(&link));
+    // Replaced by the finished checkout.
+    let empty = mkdir("empty");
+    ok(pull(&url, "main", &cache).arg(&empty));
+    // ostree's checkout into an existing directory.
+    let client = ostree_client(&tmp.path().join("client"), "archive", &url);
+    ok(ostree_in(&client).args(["pull", "origin", "main"]));
+    let union = mkdir("union");
+    ok(ostree_in(&client)
+        .args(["checkout", "-U", "--union", "origin:main"])
+        .arg(&union));
+    let xattrs = xattrs_supported(tmp.path());
+    for dir in [&cwd, &linked, &empty, &union] {
+        assert_eq!(mode(dir), 0o750, "{}", dir.display());
+        assert_eq!(fs::read(dir.join("f")).expect("read"), b"hello\n");
+        if xattrs {
+            let got = xattr::get(dir, "user.server").expect("getxattr");
+            assert_eq!(got, None, "{}", dir.display());
+        }
+    }
+    // A directory the pull makes has the tree's mode, as ostree's has.
+    let new = tmp.path().join("new");
+    ok(pull(&url, "main", &cache).arg(&new));
+    let ostree_new = tmp.path().join("ostree-new");
+    ok(ostree_in(&client)
+        .args(["checkout", "-U", "origin:main"])
+        .arg(&ostree_new));
+    assert_eq!(mode(&new), 0o1777);
+    assert_eq!(mode(&new), mode(&ostree_new));
+}
+
+#[test]
 fn a_symlink_object_with_an_empty_compressed_stream_is_checked_out_as_ostree_does() {
     use depot::object::{DirTree, FileHeader, FileName, ObjectType};
     let tmp = tempdir();

@@ -18,8 +18,8 @@ use std::str::FromStr;
 pub use commit::{Commit, REF_BINDING_KEY};
 pub use dirmeta::DirMeta;
 pub use dirtree::{
-    DirTree, FileName, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, ShapeError, SubdirEntry, TreeShape,
-    tree_shape,
+    DirTree, FileName, MAX_NAME_LEN, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, ShapeError, SubdirEntry,
+    TreeShape, tree_shape,
 };
 pub use file::{
     FileHeader, MAX_FILEZ_HEADER, Xattrs, content_checksum_prefix, filez_header_bytes,

@@ -305,25 +305,6 @@ impl Transaction {
         IncomingObject::begin(self, name, size, max_size, super::max_pushed_metadata)
     }
 
-    /// Like [`Transaction::begin_object`] for an object fetched from a
-    /// repository rather than pushed: a dirtree may be as large as ostree
-    /// reads ([`crate::object::MAX_METADATA_SIZE`]), for a repository that
-    /// ostree wrote may hold directories of hundreds of thousands of
-    /// entries. Its fixed type decodes to a few values per entry of 34 bytes
-    /// or more; other metadata, which can hold arbitrary values, keeps the
-    /// push limits.
-    pub fn begin_fetched_object(
-        &self,
-        name: ObjectName,
-        size: u64,
-        max_size: u64,
-    ) -> Result<IncomingObject<'_>, Error> {
-        IncomingObject::begin(self, name, size, max_size, |kind| match kind {
-            ObjectType::DirTree => crate::object::MAX_METADATA_SIZE,
-            kind => super::max_pushed_metadata(kind),
-        })
-    }
-
     pub(super) fn stage_verified_metadata(
         &self,
         name: &ObjectName,
@@ -596,7 +577,7 @@ impl Transaction {
     }
 
     /// Refuses a staged commit whose tree checkouts refuse: directories
-    /// nested deeper than [`MAX_TREE_DEPTH`], or more than
+    /// nested deeper than [`MAX_TREE_DEPTH`](crate::object::MAX_TREE_DEPTH), or more than
     /// [`MAX_TREE_ENTRIES`] entries once expanded. ostree's fsck, prune
     /// and checkout recurse, and crash on trees some thousands of levels
     /// deep; a few dirtrees naming one subtree many times stand for

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use crate::checksum::Checksum;
-use crate::object::{Commit, DirMeta, FileHeader, ObjectName, ObjectType, Xattrs};
+use crate::object::{
+    self, Commit, DirMeta, FileHeader, ObjectName, ObjectType, ShapeError, TreeShape, Xattrs,
+};
 use crate::repo::{self, ContentReader, PayloadSink, Repo};
 
 /// Errors of reading commits.
@@ -62,26 +64,26 @@ pub enum Error {
     /// A tree whose dirtrees repeat subtrees until it is too large to check
     /// out.
     #[error(
-        "tree {tree} expands to more than {MAX_CHECKOUT_ENTRIES} files and directories, \
+        "tree {tree} expands to more than {MAX_TREE_ENTRIES} files and directories, \
          the limit for one checkout (its dirtrees repeat subtrees); nothing was written"
     )]
     TooManyEntries {
         /// The root dirtree.
         tree: Checksum,
-        /// Its entries, counted up to just past the limit.
+        /// Its entries, once expanded.
         entries: u64,
     },
     /// A tree whose paths, all held while it is checked out, are too long.
     #[error(
         "the paths of the files and directories of tree {tree} come to more than {} MiB \
-         (counted up to {bytes} bytes), the limit for one checkout, which holds every path \
+         ({bytes} bytes), the limit for one checkout, which holds every path \
          in memory; nothing was written",
-        MAX_CHECKOUT_PATH_BYTES >> 20
+        MAX_TREE_PATH_BYTES >> 20
     )]
     PathsTooLong {
         /// The root dirtree.
         tree: Checksum,
-        /// The bytes of its paths, counted up to just past the limit.
+        /// The bytes of its paths.
         bytes: u64,
     },
     /// Checkout into a directory that is not empty.
@@ -92,97 +94,19 @@ pub enum Error {
     },
 }
 
-/// Deepest directory nesting followed, the root at depth 0 (the value of
-/// ostree's `OSTREE_MAX_RECURSION`).
-pub const MAX_TREE_DEPTH: usize = 256;
+pub use crate::object::{MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_BYTES};
 
-/// The most files, symlinks and directories one checkout makes. A dirtree
-/// can name the same subtree many times, so a few small objects can stand
-/// for an exponentially large tree; a checkout keeps every path in memory.
-/// ostree has no such limit.
-pub const MAX_CHECKOUT_ENTRIES: u64 = 10_000_000;
-
-/// The most bytes of paths (the destination's included) one checkout holds.
-/// ostree's checkout streams through the tree and holds no list; depot's
-/// keeps every path until the files are placed, so repeated subtrees under
-/// long names (10 levels of two 250-byte names over 1,000 files: a 444 KB
-/// repository) would otherwise take gigabytes. A million files with paths
-/// of 250 bytes fit.
-pub const MAX_CHECKOUT_PATH_BYTES: u64 = 256 * 1024 * 1024;
-
-/// How large a tree is once checked out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TreeSize {
-    /// Its files, symlinks and directories, counting its root.
-    pub entries: u64,
-    /// The lengths of their paths relative to the root (`a`, `a/b`), added.
-    pub path_bytes: u64,
-}
-
-impl TreeSize {
-    /// The bytes of every path when checked out at `dest` (the root's too).
-    pub fn path_bytes_at(&self, dest: &Path) -> u64 {
-        let prefix = dest.as_os_str().len() as u64;
-        self.entries
-            .saturating_sub(1)
-            .saturating_mul(prefix + 1)
-            .saturating_add(prefix)
-            .saturating_add(self.path_bytes)
-    }
-}
-
-/// How large the tree `tree` is (see [`TreeSize`]); each distinct dirtree
-/// is read once. Stops counting past [`MAX_CHECKOUT_ENTRIES`] entries or
-/// [`MAX_CHECKOUT_PATH_BYTES`] bytes. A tree nested deeper than
+/// How large the tree `tree` is once checked out ([`object::tree_shape`]):
+/// each distinct dirtree is read once, and a tree nested deeper than
 /// [`MAX_TREE_DEPTH`] fails here, before a checkout creates anything.
-pub fn expanded_size(repo: &Repo, tree: &Checksum) -> Result<TreeSize, Error> {
-    /// The size of `tree`, and how deep its deepest directory is below it.
-    /// A subtree met again is not read again, but its depth is checked
-    /// again: it may be deeper this time.
-    fn count(
-        repo: &Repo,
-        tree: &Checksum,
-        depth: usize,
-        known: &mut HashMap<Checksum, (TreeSize, usize)>,
-    ) -> Result<(TreeSize, usize), Error> {
-        let too_deep = || Error::TooDeep {
+pub fn expanded_size(repo: &Repo, tree: &Checksum) -> Result<TreeShape, Error> {
+    let mut load = |t: &Checksum| repo.load_dirtree(t);
+    object::tree_shape(tree, &mut load, &mut HashMap::new()).map_err(|e| match e {
+        ShapeError::TooDeep { tree } => Error::TooDeep {
             path: format!("a path below dirtree {tree}"),
-        };
-        if let Some(&(size, height)) = known.get(tree) {
-            if depth + height > MAX_TREE_DEPTH {
-                return Err(too_deep());
-            }
-            return Ok((size, height));
-        }
-        if depth > MAX_TREE_DEPTH {
-            return Err(too_deep());
-        }
-        let t = repo.load_dirtree(tree)?;
-        let mut size = TreeSize {
-            entries: 1 + t.files().len() as u64,
-            path_bytes: t.files().iter().map(|(n, _)| n.as_str().len() as u64).sum(),
-        };
-        let mut height = 0;
-        for d in t.dirs() {
-            let (below, below_height) = count(repo, &d.tree, depth + 1, known)?;
-            // The directory's own path, then its name and a slash before
-            // each path below it.
-            let name = d.name.as_str().len() as u64;
-            size.path_bytes = size
-                .path_bytes
-                .saturating_add(name)
-                .saturating_add((below.entries - 1).saturating_mul(name + 1))
-                .saturating_add(below.path_bytes);
-            size.entries = size.entries.saturating_add(below.entries);
-            height = height.max(below_height + 1);
-            if size.entries > MAX_CHECKOUT_ENTRIES || size.path_bytes > MAX_CHECKOUT_PATH_BYTES {
-                break;
-            }
-        }
-        known.insert(*tree, (size, height));
-        Ok((size, height))
-    }
-    count(repo, tree, 0, &mut HashMap::new()).map(|(size, _)| size)
+        },
+        ShapeError::Load(e) => e.into(),
+    })
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -440,14 +364,14 @@ impl Checkout {
         opts: CheckoutOptions,
     ) -> Result<Checkout, Error> {
         let size = expanded_size(repo, &tree)?;
-        if size.entries > MAX_CHECKOUT_ENTRIES {
+        if size.entries > MAX_TREE_ENTRIES {
             return Err(Error::TooManyEntries {
                 tree,
                 entries: size.entries,
             });
         }
-        let bytes = size.path_bytes_at(dest);
-        if bytes > MAX_CHECKOUT_PATH_BYTES {
+        let bytes = size.path_bytes_under(dest.as_os_str().len() as u64);
+        if bytes > MAX_TREE_PATH_BYTES {
             return Err(Error::PathsTooLong { tree, bytes });
         }
         let keep_root = match crate::destination(dest).map_err(io_err("read", dest))? {

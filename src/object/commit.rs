@@ -8,6 +8,9 @@ use super::{Error, decode_object, structure};
 /// The metadata key ostree uses for ref bindings (`as`).
 pub const REF_BINDING_KEY: &str = "ostree.ref-binding";
 
+/// The GVariant type of a commit object.
+pub(crate) const COMMIT_TYPE: &str = "(a{sv}aya(say)sstayay)";
+
 /// A commit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
@@ -33,7 +36,7 @@ impl Commit {
     /// Parses and validates normal-form bytes.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let kind = "commit";
-        let v = decode_object(kind, "(a{sv}aya(say)sstayay)", data)?;
+        let v = decode_object(kind, COMMIT_TYPE, data)?;
         let Value::Tuple(m) = v else {
             return Err(structure(kind, "not a tuple"));
         };

@@ -8,6 +8,9 @@ use super::{Error, decode_object, structure};
 const S_IFMT: u32 = 0o170_000;
 const S_IFDIR: u32 = 0o040_000;
 
+/// The GVariant type of a dirmeta object.
+pub(crate) const DIRMETA_TYPE: &str = "(uuua(ayay))";
+
 /// A directory's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DirMeta {
@@ -25,7 +28,7 @@ impl DirMeta {
     /// Parses and validates normal-form bytes.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let kind = "dirmeta";
-        let v = decode_object(kind, "(uuua(ayay))", data)?;
+        let v = decode_object(kind, DIRMETA_TYPE, data)?;
         let Value::Tuple(m) = v else {
             return Err(structure(kind, "not a tuple"));
         };

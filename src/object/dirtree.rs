@@ -227,14 +227,41 @@ pub const MAX_TREE_DEPTH: usize = 256;
 /// for an exponentially large tree. ostree has no such limit.
 pub const MAX_TREE_ENTRIES: u64 = 10_000_000;
 
+/// The most bytes its paths may add up to. ostree's checkout streams
+/// through a tree and holds no list; depot's holds every path until the
+/// files are placed, so repeated subtrees under long names (10 levels of
+/// two 250-byte names over 1,000 files: a 444 KB repository) would
+/// otherwise take gigabytes. A million files with paths of 250 bytes fit.
+pub const MAX_TREE_PATH_BYTES: u64 = 256 * 1024 * 1024;
+
 /// How large a tree is once checked out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TreeShape {
-    /// Files, symlinks and directories, counting the tree's own directory;
-    /// counting stops once past [`MAX_TREE_ENTRIES`].
+    /// Files, symlinks and directories, counting the tree's own directory.
     pub entries: u64,
+    /// The lengths of their paths below the tree (`a`, `a/b`), added.
+    pub path_bytes: u64,
     /// How many directories deep its deepest one is below it.
     pub height: usize,
+}
+
+impl TreeShape {
+    /// Whether it is within [`MAX_TREE_ENTRIES`], and its paths, once
+    /// under a root whose own path is `root_len` bytes, within
+    /// [`MAX_TREE_PATH_BYTES`] (depth is checked as it is measured).
+    pub fn fits(&self, root_len: u64) -> bool {
+        self.entries <= MAX_TREE_ENTRIES && self.path_bytes_under(root_len) <= MAX_TREE_PATH_BYTES
+    }
+
+    /// The bytes of every path, the root's included, under a root whose
+    /// path is `root_len` bytes.
+    pub fn path_bytes_under(&self, root_len: u64) -> u64 {
+        self.entries
+            .saturating_sub(1)
+            .saturating_mul(root_len + 1)
+            .saturating_add(root_len)
+            .saturating_add(self.path_bytes)
+    }
 }
 
 /// Why [`tree_shape`] stopped.
@@ -252,9 +279,11 @@ pub enum ShapeError<E> {
 }
 
 /// Measures the tree `root` as a checkout would expand it, loading each
-/// distinct dirtree once through `load`; `known` keeps what was measured,
-/// for the next tree that shares subtrees. Fails as soon as a directory is
-/// deeper than [`MAX_TREE_DEPTH`], so the recursion is bounded by it.
+/// distinct dirtree once through `load` (so the work grows with the
+/// distinct dirtrees, not with the expanded size, which saturates); `known`
+/// keeps what was measured, for the next tree that shares subtrees. Fails as
+/// soon as a directory is deeper than [`MAX_TREE_DEPTH`], so the recursion
+/// is bounded by it.
 pub fn tree_shape<E, S: std::hash::BuildHasher>(
     root: &Checksum,
     load: &mut impl FnMut(&Checksum) -> Result<DirTree, E>,
@@ -279,16 +308,19 @@ pub fn tree_shape<E, S: std::hash::BuildHasher>(
         let t = load(tree).map_err(ShapeError::Load)?;
         let mut shape = TreeShape {
             entries: 1 + t.files().len() as u64,
+            path_bytes: t.files().iter().map(|(n, _)| n.as_str().len() as u64).sum(),
             height: 0,
         };
         for d in t.dirs() {
             let below = measure(&d.tree, depth + 1, load, known)?;
+            // The directory's own path, and its name and a slash before
+            // every path below it.
+            let name = d.name.as_str().len() as u64;
+            shape.path_bytes = shape
+                .path_bytes
+                .saturating_add(below.path_bytes_under(name));
             shape.entries = shape.entries.saturating_add(below.entries);
             shape.height = shape.height.max(below.height + 1);
-            if shape.entries > MAX_TREE_ENTRIES {
-                // Its height is then only a lower bound: it is refused anyway.
-                break;
-            }
         }
         known.insert(*tree, shape);
         Ok(shape)
@@ -466,16 +498,22 @@ mod tests {
         };
         let mut known = HashMap::new();
         let shape = tree_shape(&c(3), &mut load, &mut known).expect("small");
-        // 8 leaves of 3 entries, 4 + 2 + 1 directories above them.
+        // 8 leaves of 3 entries, 4 + 2 + 1 directories above them; their
+        // paths: 16 like "a/b/a/f", 8 like "a/b/a", 4 like "a/b", 2 like "a".
         assert_eq!(
             shape,
             TreeShape {
                 entries: 31,
+                path_bytes: 16 * 7 + 8 * 5 + 4 * 3 + 2,
                 height: 3
             }
         );
         let shape = tree_shape(&c(30), &mut load, &mut known).expect("measured");
-        assert!(shape.entries > MAX_TREE_ENTRIES, "{shape:?}");
+        assert!(
+            shape.entries > MAX_TREE_ENTRIES && !shape.fits(0),
+            "{shape:?}"
+        );
+        assert_eq!(shape.height, 30);
         assert_eq!(loads, 31, "each dirtree loaded once");
         // A chain deeper than the limit fails, and so does a known subtree
         // met again too far down.

@@ -15,11 +15,13 @@ mod map;
 use std::fmt;
 use std::str::FromStr;
 
+pub(crate) use commit::COMMIT_TYPE;
 pub use commit::{Commit, REF_BINDING_KEY};
+pub(crate) use dirmeta::DIRMETA_TYPE;
 pub use dirmeta::DirMeta;
 pub use dirtree::{
-    DirTree, FileName, MAX_NAME_LEN, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, ShapeError, SubdirEntry,
-    TreeShape, tree_shape,
+    DirTree, FileName, MAX_NAME_LEN, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_PATH_BYTES,
+    ShapeError, SubdirEntry, TreeShape, tree_shape,
 };
 pub use file::{
     FileHeader, MAX_FILEZ_HEADER, Xattrs, content_checksum_prefix, filez_header_bytes,

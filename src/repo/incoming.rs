@@ -370,8 +370,8 @@ impl<'t> IncomingObject<'t> {
 fn sparse_enough(name: ObjectName, buf: &[u8]) -> Result<(), Error> {
     // The types of `object`'s parsers.
     let ty = match name.kind {
-        ObjectType::Commit => "(a{sv}aya(say)sstayay)",
-        ObjectType::DirMeta => "(uuua(ayay))",
+        ObjectType::Commit => object::COMMIT_TYPE,
+        ObjectType::DirMeta => object::DIRMETA_TYPE,
         _ => "a{sv}",
     };
     let ty = gvariant::Type::parse(ty).expect("a valid type string");

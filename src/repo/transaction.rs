@@ -20,8 +20,8 @@ use rayon::prelude::*;
 
 use crate::checksum::Checksum;
 use crate::object::{
-    Commit, DirTree, FileHeader, FileName, MAX_TREE_ENTRIES, ObjectMap, ObjectName, ObjectType,
-    ShapeError, TreeShape, tree_shape, write_filez,
+    Commit, DirTree, FileHeader, FileName, MAX_TREE_ENTRIES, MAX_TREE_PATH_BYTES, ObjectMap,
+    ObjectName, ObjectType, ShapeError, TreeShape, tree_shape, write_filez,
 };
 use crate::refname::RefName;
 
@@ -477,6 +477,16 @@ impl Transaction {
         })
     }
 
+    /// Loads a dirtree from staging or the repository.
+    fn load_dirtree(&self, checksum: &Checksum) -> Result<DirTree, Error> {
+        let name = ObjectName::new(*checksum, ObjectType::DirTree);
+        let data = self.read_metadata(&name)?;
+        DirTree::parse(&data).map_err(|e| Error::CorruptObject {
+            name,
+            reason: crate::error_chain(&e),
+        })
+    }
+
     /// Checks that everything `commit` references is in the repository or
     /// staged here. A dirtree already published in the repository vouches
     /// for its whole subtree: depot and ostree publish children before
@@ -513,12 +523,7 @@ impl Transaction {
             // Depth first: the names kept above this one are its parent's.
             walk.path.truncate(depth.saturating_sub(1));
             walk.path.extend(name);
-            let tree_name = ObjectName::new(tree, ObjectType::DirTree);
-            let data = self.read_metadata(&tree_name)?;
-            let t = DirTree::parse(&data).map_err(|e| Error::CorruptObject {
-                name: tree_name,
-                reason: crate::error_chain(&e),
-            })?;
+            let t = self.load_dirtree(&tree)?;
             for (file, sum) in t.files() {
                 let obj = ObjectName::new(*sum, ObjectType::File);
                 if !self.has_object(&obj) {
@@ -577,8 +582,9 @@ impl Transaction {
     }
 
     /// Refuses a staged commit whose tree checkouts refuse: directories
-    /// nested deeper than [`MAX_TREE_DEPTH`](crate::object::MAX_TREE_DEPTH), or more than
-    /// [`MAX_TREE_ENTRIES`] entries once expanded. ostree's fsck, prune
+    /// nested deeper than [`MAX_TREE_DEPTH`](crate::object::MAX_TREE_DEPTH),
+    /// more than [`MAX_TREE_ENTRIES`] entries or paths of more than
+    /// [`MAX_TREE_PATH_BYTES`] once expanded (see [`tree_shape`]). ostree's fsck, prune
     /// and checkout recurse, and crash on trees some thousands of levels
     /// deep; a few dirtrees naming one subtree many times stand for
     /// billions of files. A root tree already published was measured when
@@ -595,19 +601,16 @@ impl Transaction {
         if !self.staged(&ObjectName::new(c.root_tree, ObjectType::DirTree)) {
             return Ok(());
         }
-        let mut load = |tree: &Checksum| {
-            let name = ObjectName::new(*tree, ObjectType::DirTree);
-            let data = self.read_metadata(&name)?;
-            DirTree::parse(&data).map_err(|e| Error::CorruptObject {
-                name,
-                reason: crate::error_chain(&e),
-            })
-        };
+        let mut load = |tree: &Checksum| self.load_dirtree(tree);
         let reason = match tree_shape(&c.root_tree, &mut load, known) {
-            Ok(shape) if shape.entries <= MAX_TREE_ENTRIES => return Ok(()),
-            Ok(_) => format!(
+            Ok(shape) if shape.fits(0) => return Ok(()),
+            Ok(shape) if shape.entries > MAX_TREE_ENTRIES => format!(
                 "its tree expands to more than {MAX_TREE_ENTRIES} files and directories \
                  (its dirtrees name the same subtrees over and over)"
+            ),
+            Ok(_) => format!(
+                "the paths of its tree add up to more than {} MiB",
+                MAX_TREE_PATH_BYTES >> 20
             ),
             Err(ShapeError::Load(e)) => return Err(e),
             Err(e @ ShapeError::TooDeep { .. }) => format!("in its tree {e}"),

@@ -1092,9 +1092,20 @@ impl Crafted {
 
     /// A directory holding `width` subdirectories named d0, d1..., each `tree`.
     fn dir_of(&mut self, tree: Checksum, meta: Checksum, width: usize) -> Checksum {
+        self.dir_named(tree, meta, width, "d")
+    }
+
+    /// Like `dir_of`, its subdirectories named `prefix` then a number.
+    fn dir_named(
+        &mut self,
+        tree: Checksum,
+        meta: Checksum,
+        width: usize,
+        prefix: &str,
+    ) -> Checksum {
         let dirs = (0..width)
             .map(|i| depot::object::SubdirEntry {
-                name: depot::object::FileName::new(&format!("d{i}")).expect("name"),
+                name: depot::object::FileName::new(&format!("{prefix}{i}")).expect("name"),
                 tree,
                 meta,
             })
@@ -1190,6 +1201,18 @@ async fn trees_no_checkout_could_expand_are_refused_even_stacked_on_published_on
     refused(
         push_crafted(&s, "wide", commit, &wide).await,
         "more than 10000000 files and directories",
+    );
+
+    // 16 levels of two 250-byte names: 131,071 directories, whose paths
+    // (up to 4 KB each) add up to more than depot's checkout holds.
+    let mut long = Crafted::default();
+    long.add(ObjectType::DirMeta, meta_bytes.clone());
+    let leaf = long.add(ObjectType::DirTree, empty.to_bytes());
+    let top = (0..16).fold(leaf, |t, _| long.dir_named(t, meta, 2, &"n".repeat(249)));
+    let commit = long.commit(top, meta);
+    refused(
+        push_crafted(&s, "long", commit, &long).await,
+        "the paths of its tree add up to more than 256 MiB",
     );
 
     // 200 deep is fine, and lands; 200 more stacked on it is not.

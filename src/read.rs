@@ -503,6 +503,10 @@ fn child(parent: &Path, name: &str) -> PathBuf {
 /// The most written to a checked-out file at once.
 const COPY_CHUNK: usize = 256 * 1024;
 
+/// Content from this size on is checked against the free space before it
+/// is written.
+const CHECK_SPACE_FROM: u64 = 64 * 1024 * 1024;
+
 /// Places one content object in a [`Checkout`]: the payload goes to the
 /// first path as it arrives, [`finish`](FileSink::finish) (once the object
 /// is verified) gives it its mode and xattrs and copies it to the other
@@ -585,6 +589,28 @@ impl repo::PayloadSink for FileSink<'_> {
             .mode(0o600)
             .open(first)
             .map_err(repo::io_err("create", first))?;
+        // The size comes from the object's header, which a server wrote:
+        // a file the disk cannot hold is refused before it fills the disk.
+        let needed = size.saturating_mul(self.paths.len() as u64);
+        if needed >= CHECK_SPACE_FROM {
+            let stat = nix::sys::statvfs::fstatvfs(&file)
+                .map_err(|e| repo::io_err("statvfs", first)(e.into()))?;
+            let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+            if needed > free {
+                let _ = fs::remove_file(first);
+                return Err(repo::io_err("write", first)(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "{size} bytes to write{}, and its file system has {free} bytes free; \
+                         make room or check out elsewhere",
+                        match self.paths.len() {
+                            1 => String::new(),
+                            n => format!(" {n} times"),
+                        }
+                    ),
+                )));
+            }
+        }
         let capacity = usize::try_from(size).map_or(COPY_CHUNK, |n| n.clamp(1, COPY_CHUNK));
         self.out = Some(io::BufWriter::with_capacity(capacity, file));
         Ok(())

@@ -116,6 +116,16 @@ pub trait PayloadSink {
 /// The most a content object inflates into memory at a time.
 const INFLATE_CHUNK: usize = 64 * 1024;
 
+/// The most compressed bytes taken for `payload_size` bytes of content.
+/// Deflate's worst case is about one part in 5,000 over the content (stored
+/// blocks), and a literal's code is at most 15 bits; twice the content
+/// plus 64 KiB is beyond any encoder's output. Without a bound, a server or
+/// pusher could stream empty deflate blocks for a one-byte file until the
+/// disk is full (a push is also held to its size limits; a pull is not).
+fn max_deflated(payload_size: u64) -> u64 {
+    payload_size.saturating_mul(2).saturating_add(64 * 1024)
+}
+
 enum State {
     Metadata(Vec<u8>),
     Content(Box<Content>),
@@ -473,6 +483,17 @@ fn feed_content(
         let produced = (body.inflater.total_out() - before_out) as usize;
         data = &data[used..];
         body.inflated += produced as u64;
+        if body.inflater.total_in() > max_deflated(body.payload_size) {
+            return Err(invalid(
+                name,
+                format!(
+                    "more than {} compressed bytes for content of {} bytes \
+                     (no deflate encoder writes that many)",
+                    max_deflated(body.payload_size),
+                    body.payload_size
+                ),
+            ));
+        }
         if body.inflated > body.payload_size {
             return Err(invalid(
                 name,
@@ -594,6 +615,50 @@ mod tests {
         let (sum, _) = write_filez(&link, 0, &b""[..], 6, &mut out).expect("in memory");
         let link_name = ObjectName::new(sum, ObjectType::File);
         receive(&tx, link_name, &out).expect("a symlink's header alone");
+    }
+
+    /// Deflate's empty, non-final stored block: header bits 000, then
+    /// LEN 0 and NLEN 0xffff.
+    const EMPTY_STORED_BLOCK: [u8; 5] = [0, 0, 0, 0xff, 0xff];
+
+    /// The object of `content`, its deflate stream preceded by `padding`
+    /// empty stored blocks.
+    fn padded_filez(content: &[u8], padding: usize) -> (ObjectName, Vec<u8>) {
+        let (name, plain) = filez(content);
+        let header_len = 8 + u32::from_be_bytes(plain[..4].try_into().expect("4")) as usize;
+        let mut bytes = plain[..header_len].to_vec();
+        for _ in 0..padding {
+            bytes.extend_from_slice(&EMPTY_STORED_BLOCK);
+        }
+        // A final stored block holding the content.
+        let len = u16::try_from(content.len()).expect("small");
+        bytes.push(1);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&(!len).to_le_bytes());
+        bytes.extend_from_slice(content);
+        (name, bytes)
+    }
+
+    #[test]
+    fn compressed_bytes_are_bounded_by_the_content_they_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::init(&dir.path().join("repo")).expect("init");
+        let tx = repo.begin().expect("begin");
+        // Empty blocks are valid deflate: a few are taken.
+        let (name, bytes) = padded_filez(b"x", 100);
+        receive(&tx, name, &bytes).expect("a little padding");
+        // An endless run of them for a one-byte file is not.
+        let (name, bytes) = padded_filez(b"y", 20_000);
+        match receive(&tx, name, &bytes) {
+            Err(Error::Rejected(Rejected::Invalid { reason, .. })) => {
+                assert!(
+                    reason.contains("compressed bytes for content of 1 bytes"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!tx.has_object(&name));
     }
 
     #[test]

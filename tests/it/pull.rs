@@ -1609,3 +1609,46 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), h).serve_foreve
         "{err}"
     );
 }
+
+#[test]
+fn a_file_larger_than_the_free_space_is_refused_before_it_is_written() {
+    use depot::object::{DirTree, FileName, ObjectName, ObjectType};
+    let tmp = tempdir();
+    let path = tmp.path().join("repo");
+    let repo = depot::repo::Repo::init(&path).expect("init");
+    // An object whose header claims a petabyte, then a little content: the
+    // size is all a server needs to say, long before the checksum fails.
+    let claimed: u64 = 1 << 50;
+    let mut bytes = depot::object::filez_header_bytes(&regular_file(), claimed);
+    let mut deflated = Vec::new();
+    depot::object::write_filez(&regular_file(), 5, &b"hello"[..], 6, &mut deflated)
+        .expect("in memory");
+    let header_len = 8 + u32::from_be_bytes(deflated[..4].try_into().expect("4")) as usize;
+    bytes.extend_from_slice(&deflated[header_len..]);
+    let huge = depot::checksum::Checksum::of(b"a name for the huge object");
+    let object = path.join(ObjectName::new(huge, ObjectType::File).relative_path());
+    fs::create_dir_all(object.parent().expect("a shard")).expect("mkdir");
+    fs::write(&object, bytes).expect("write");
+    let tx = repo.begin().expect("begin");
+    let meta = stage_plain_dirmeta(&tx);
+    let files = vec![(FileName::new("huge").expect("name"), huge)];
+    let tree = DirTree::new(files, vec![]).expect("tree").to_bytes();
+    let tree = tx
+        .write_metadata(ObjectType::DirTree, &tree)
+        .expect("stage");
+    publish_as_ref(tx, &path, "main", tree, meta);
+
+    let url = format!("file://{}", path.display());
+    let dest = tmp.path().join("co");
+    let err = fails(pull(&url, "main", &tmp.path().join("cache")).arg(&dest));
+    assert!(
+        err.contains(&format!("{claimed} bytes to write, and")) && err.contains("bytes free"),
+        "{err}"
+    );
+    assert!(!dest.exists(), "nothing checked out");
+    assert_eq!(
+        names_in(tmp.path()),
+        ["cache", "repo"],
+        "no checkout left beside it"
+    );
+}

@@ -727,6 +727,28 @@ fn publish_as_ref(
     publish_commit_as_ref(tx, path, name, &crafted_commit(name, root, meta));
 }
 
+/// [`publish_as_ref`] for a root directory holding only `files` (name,
+/// content checksum).
+fn publish_files_as_ref(
+    tx: depot::repo::Transaction,
+    path: &Path,
+    name: &str,
+    files: &[(&str, depot::checksum::Checksum)],
+    meta: depot::checksum::Checksum,
+) {
+    let files = files
+        .iter()
+        .map(|(n, c)| (depot::object::FileName::new(n).expect("name"), *c))
+        .collect();
+    let tree = depot::object::DirTree::new(files, vec![])
+        .expect("tree")
+        .to_bytes();
+    let tree = tx
+        .write_metadata(depot::object::ObjectType::DirTree, &tree)
+        .expect("stage");
+    publish_as_ref(tx, path, name, tree, meta);
+}
+
 /// A commit of the tree `root` (with dirmeta `meta`) without metadata.
 fn crafted_commit(
     name: &str,
@@ -1312,7 +1334,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 
 #[test]
 fn an_existing_destination_keeps_its_mode_and_xattrs_as_with_ostree_checkout_union() {
-    use depot::object::{DirMeta, DirTree, FileName, ObjectType, Xattrs};
+    use depot::object::{DirMeta, ObjectType, Xattrs};
     let tmp = tempdir();
     let path = tmp.path().join("repo");
     let repo = depot::repo::Repo::init(&path).expect("init");
@@ -1329,12 +1351,7 @@ fn an_existing_destination_keeps_its_mode_and_xattrs_as_with_ostree_checkout_uni
     let meta = tx
         .write_metadata(ObjectType::DirMeta, &root_meta.to_bytes())
         .expect("stage");
-    let files = vec![(FileName::new("f").expect("name"), hello)];
-    let tree = DirTree::new(files, vec![]).expect("tree").to_bytes();
-    let tree = tx
-        .write_metadata(ObjectType::DirTree, &tree)
-        .expect("stage");
-    publish_as_ref(tx, &path, "main", tree, meta);
+    publish_files_as_ref(tx, &path, "main", &[("f", hello)], meta);
 
     let url = format!("file://{}", path.display());
     let cache = tmp.path().join("cache");
@@ -1384,7 +1401,7 @@ fn an_existing_destination_keeps_its_mode_and_xattrs_as_with_ostree_checkout_uni
 
 #[test]
 fn a_symlink_object_with_an_empty_compressed_stream_is_checked_out_as_ostree_does() {
-    use depot::object::{DirTree, FileHeader, FileName, ObjectType};
+    use depot::object::FileHeader;
     let tmp = tempdir();
     let path = tmp.path().join("repo");
     let repo = depot::repo::Repo::init(&path).expect("init");
@@ -1399,15 +1416,7 @@ fn a_symlink_object_with_an_empty_compressed_stream_is_checked_out_as_ostree_doe
     let link = put_content(&path, &link, b"", &[0x03, 0x00]);
     let tx = repo.begin().expect("begin");
     let meta = stage_plain_dirmeta(&tx);
-    let files = vec![
-        (FileName::new("f").expect("name"), hello),
-        (FileName::new("link").expect("name"), link),
-    ];
-    let tree = DirTree::new(files, vec![]).expect("tree").to_bytes();
-    let tree = tx
-        .write_metadata(ObjectType::DirTree, &tree)
-        .expect("stage");
-    publish_as_ref(tx, &path, "main", tree, meta);
+    publish_files_as_ref(tx, &path, "main", &[("f", hello), ("link", link)], meta);
 
     let url = format!("file://{}", path.display());
     let dest = tmp.path().join("co");
@@ -1612,7 +1621,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), h).serve_foreve
 
 #[test]
 fn a_file_larger_than_the_free_space_is_refused_before_it_is_written() {
-    use depot::object::{DirTree, FileName, ObjectName, ObjectType};
+    use depot::object::{ObjectName, ObjectType};
     let tmp = tempdir();
     let path = tmp.path().join("repo");
     let repo = depot::repo::Repo::init(&path).expect("init");
@@ -1631,12 +1640,7 @@ fn a_file_larger_than_the_free_space_is_refused_before_it_is_written() {
     fs::write(&object, bytes).expect("write");
     let tx = repo.begin().expect("begin");
     let meta = stage_plain_dirmeta(&tx);
-    let files = vec![(FileName::new("huge").expect("name"), huge)];
-    let tree = DirTree::new(files, vec![]).expect("tree").to_bytes();
-    let tree = tx
-        .write_metadata(ObjectType::DirTree, &tree)
-        .expect("stage");
-    publish_as_ref(tx, &path, "main", tree, meta);
+    publish_files_as_ref(tx, &path, "main", &[("huge", huge)], meta);
 
     let url = format!("file://{}", path.display());
     let dest = tmp.path().join("co");

@@ -821,6 +821,7 @@ pub fn receive_main() -> i32 {
             .and_then(|cmd| check_original_command(cmd, &policy.repo))
     {
         tracing::warn!(key = %policy.key_id, "refused command: {m}");
+        crate::receive::audit_refused_command(&policy, &m);
         send_early_error(crate::protocol::ErrorCode::Forbidden, &m);
         return 1;
     }

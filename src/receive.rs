@@ -880,6 +880,18 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Audits a connection refused before its session began (its command
+/// asked for another repository, or was not depot's), as a refused push.
+pub fn audit_refused_command(policy: &Policy, message: &str) {
+    audit(
+        policy,
+        &Report::default(),
+        ErrorCode::Forbidden.as_str(),
+        Some(message),
+        Instant::now(),
+    );
+}
+
 /// Appends one JSON line to `<state_dir>/audit.jsonl`.
 fn audit(policy: &Policy, report: &Report, outcome: &str, error: Option<&str>, started: Instant) {
     // Messages may quote what the client sent.

@@ -845,6 +845,7 @@ fn client_commands_and_arguments_never_change_the_repo_or_the_policy() {
         w.path("elsewhere").display()
     );
     let victim_cmd = format!("depot-receive --repo {victim_s}");
+    let audited_before = audit(&state).len();
     for (remote, replay) in [
         (victim_cmd.as_str(), &allowed),
         ("depot-receive --repo /some/other/path", &allowed),
@@ -885,6 +886,17 @@ fn client_commands_and_arguments_never_change_the_repo_or_the_policy() {
         "{:?}",
         audit(&state)
     );
+    // Each refused command is audited, as a refused push is.
+    let refused = &audit(&state)[audited_before..];
+    assert_eq!(refused.len(), 12, "{refused:?}");
+    for r in refused {
+        assert_eq!(r["outcome"], "forbidden", "{r}");
+        let error = r["error"].as_str().expect("an error");
+        assert!(
+            error.contains("depot") || error.contains("cannot read"),
+            "{r}"
+        );
+    }
 
     // The real client, asking for another repository or smuggling arguments.
     let to_victim = w.push(
